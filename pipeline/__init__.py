@@ -7,3 +7,8 @@ Stages (one module each, each with a ``main()``):
 - ``pipeline.train``     prepared data + one variant spec -> one MLflow run + a DVC record
 - ``pipeline.compare``   DVC records + MLflow query API -> ``reports/``
 """
+
+import os
+
+# TensorFlow's C++ start-up chatter hides the progress lines users look for.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

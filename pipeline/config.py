@@ -9,6 +9,7 @@ change a result (``VariantSpec``, ``TrainConfig``). Every problem becomes a
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,10 +201,22 @@ def seeds(params: dict[str, Any]) -> list[int]:
     return list(value)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_main(fn: Callable[[], Any]) -> None:
-    """Run a stage's main; a ``UserError`` exits with code 2 and one line on stderr."""
+    """Run a stage's main: a ``UserError`` exits 2 with its message on stderr, no traceback.
+
+    SIGTERM is turned into ``KeyboardInterrupt`` so clean-up (temporary files, the
+    MLflow run's status) happens for ``kill`` as it does for Ctrl-C.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         fn()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def read_idx(path: Path | str) -> np.ndarray:
     try:
         with _open(path) as fh:
             data = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise IdxError(f"{path.name}: cannot be read ({exc}); delete it and run the download stage again") from None
     dtype, shape, header_len = parse_header(data[:64], path.name)
     expected = int(np.prod(shape)) * dtype.itemsize
@@ -82,7 +83,7 @@ def payload_sha256(path: Path | str) -> str:
                     head += chunk[: 64 - len(head)]
                 digest.update(chunk)
                 total += len(chunk)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise IdxError(f"{path.name}: corrupt or truncated archive ({exc})") from None
     dtype, shape, header_len = parse_header(head, path.name)
     expected = int(np.prod(shape)) * dtype.itemsize + header_len

@@ -1,0 +1,270 @@
+"""Numbers behind the study's claims: covariate shift, co-adaptation, variance shift.
+
+In: a Keras model (a ``build_lenet`` model or any Functional model) and a fixed batch
+of inputs (e.g. 256 test images, values as the model is fed), or arrays already taken
+from such a model. Everything runs the model in inference mode (``training=False``):
+dropout off, batch norm on its moving statistics.
+Out: plain floats and dicts of floats, ready to log as metrics; ``plot_percentiles``
+is the only function that writes (one PNG, matplotlib Agg). Nothing here talks to MLflow.
+
+- Internal covariate shift (Ioffe & Szegedy 2015, Fig. 1b,c): ``CovariateShiftMonitor``
+  records, during ``fit``, the 15th/50th/85th percentiles, mean and log-std of the
+  input to every tanh and every BN layer (the "probe points"); ``drift_summary`` turns
+  the records into how much those distributions moved.
+- Co-adaptation (Srivastava et al. 2014; Cogswell et al. 2016, DeCov):
+  ``coadaptation`` is the mean absolute correlation between the 84 fc1 units.
+- Variance shift (Li, Chen, Hu & Yang, CVPR 2019): ``variance_shift`` compares each BN
+  layer's inference-time input variance with the moving variance it learned in training,
+  which dropout placed before BN inflates.
+
+Sub-models that read internal layers are built once per model and cached.
+"""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+from keras import layers
+
+PROBE_STATS = ("p15", "p50", "p85", "mean", "log_std")
+
+_submodels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def percentiles(x, qs: Sequence[float] = (15, 50, 85)) -> dict[str, float]:
+    """Percentiles (linear interpolation) over all elements of ``x``: ``{"p15": ..., ...}``."""
+    values = np.percentile(np.asarray(x, dtype=np.float64).ravel(), list(qs))
+    return {f"p{q:g}": float(v) for q, v in zip(qs, values)}
+
+
+# --- Probe points -------------------------------------------------------------
+
+
+def probe_points(model: keras.Model) -> list[str]:
+    """Names of the layers whose *input* is watched: every ``*_tanh`` and every BN layer,
+    in network order. In a ``bn_dropout`` LeNet: input_bn, conv1_bn, conv1_tanh, … fc1_tanh."""
+    return [
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, layers.BatchNormalization) or layer.name.endswith("_tanh")
+    ]
+
+
+def make_probe_model(model: keras.Model) -> keras.Model:
+    """A model from ``model.input`` to a dict ``{point: input of that layer}``.
+
+    It shares weights with ``model``, so it always sees the current weights. Call it
+    with ``training=False``; ``probe_activations`` does so and caches the probe model.
+    """
+    outputs = {name: model.get_layer(name).input for name in probe_points(model)}
+    return keras.Model(model.input, outputs, name=f"{model.name}_probe")
+
+
+def _cached(model: keras.Model, key: str, build: Callable[[], keras.Model]) -> keras.Model:
+    per_model = _submodels.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = build()
+    return per_model[key]
+
+
+def probe_activations(model: keras.Model, x) -> dict[str, np.ndarray]:
+    """The input of every probe point on ``x``, in inference mode, as NumPy arrays."""
+    probe = _cached(model, "probe", lambda: make_probe_model(model))
+    return {k: keras.ops.convert_to_numpy(v) for k, v in probe(x, training=False).items()}
+
+
+# --- Internal covariate shift ---------------------------------------------------
+
+
+def probe_stats(acts: dict[str, np.ndarray]) -> dict[str, float]:
+    """``{f"{point}.{stat}": value}`` for stat in PROBE_STATS; log_std is the natural log."""
+    record = {}
+    for point, a in acts.items():
+        a = np.asarray(a, dtype=np.float64)
+        pct = percentiles(a)
+        std = float(a.std())
+        record.update({f"{point}.{k}": v for k, v in pct.items()})
+        record[f"{point}.mean"] = float(a.mean())
+        record[f"{point}.log_std"] = float(np.log(max(std, 1e-12)))
+    return record
+
+
+class CovariateShiftMonitor(keras.callbacks.Callback):
+    """Watches the distribution of every probe point on a fixed batch during ``fit``.
+
+    ``step`` is the number of optimizer updates done when the record is taken, counted
+    across epochs (and across repeated ``fit`` calls with the same monitor). A record is
+    taken before the first update (step 0) and then every ``every_n_batches`` updates;
+    with ``steps_per_execution`` > 1 it is taken at the first step on or past each multiple.
+    Each record is ``on_record(step, {f"{point}.{stat}": float})`` with stat in
+    ``PROBE_STATS`` and is also appended to ``self.history`` as ``(step, dict)``.
+    """
+
+    def __init__(self, probe_x, every_n_batches: int, on_record: Callable[[int, dict], None] | None = None):
+        super().__init__()
+        if every_n_batches < 1:
+            raise ValueError(f"every_n_batches must be >= 1, got {every_n_batches}")
+        self.probe_x = probe_x
+        self.every = int(every_n_batches)
+        self.on_record = on_record
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self._epoch_base = 0  # updates done before the current epoch
+        self._done = 0  # updates done so far
+        self._next = every_n_batches  # next step at which to record
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_base = self._done
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self._epoch_base + batch
+        if step >= self._next:
+            self.record(step)
+            self._next = (step // self.every + 1) * self.every
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._done = self._epoch_base + batch + 1
+
+    def record(self, step: int) -> dict[str, float]:
+        stats = probe_stats(probe_activations(self.model, self.probe_x))
+        self.history.append((step, stats))
+        if self.on_record is not None:
+            self.on_record(step, stats)
+        return stats
+
+
+def _series(history, point: str, stat: str) -> np.ndarray:
+    return np.array([rec[f"{point}.{stat}"] for _, rec in history], dtype=np.float64)
+
+
+def _points(history) -> list[str]:
+    if not history:
+        return []
+    return list(dict.fromkeys(key.rsplit(".", 1)[0] for key in history[0][1]))
+
+
+def drift_summary(history) -> dict[str, dict[str, float]]:
+    """How far each probe point's distribution moved over the records of a monitor.
+
+    Per point: ``mean_abs_delta_mean`` and ``mean_abs_delta_log_std`` (mean absolute change
+    between consecutive records), ``mean_abs_delta_mean_std`` (the same for the mean, in
+    units of the earlier record's std, so points of different scale compare), and
+    ``total_delta_mean`` / ``total_delta_log_std`` (last record minus first). NaN with
+    fewer than two records.
+    """
+    summary = {}
+    for point in _points(history):
+        mean, log_std = _series(history, point, "mean"), _series(history, point, "log_std")
+        if len(mean) < 2:
+            keys = ("mean_abs_delta_mean", "mean_abs_delta_mean_std", "mean_abs_delta_log_std",
+                    "total_delta_mean", "total_delta_log_std")
+            summary[point] = dict.fromkeys(keys, float("nan"))
+            continue
+        d_mean = np.diff(mean)
+        summary[point] = {
+            "mean_abs_delta_mean": float(np.mean(np.abs(d_mean))),
+            "mean_abs_delta_mean_std": float(np.mean(np.abs(d_mean) / np.exp(log_std[:-1]))),
+            "mean_abs_delta_log_std": float(np.mean(np.abs(np.diff(log_std)))),
+            "total_delta_mean": float(mean[-1] - mean[0]),
+            "total_delta_log_std": float(log_std[-1] - log_std[0]),
+        }
+    return summary
+
+
+def plot_percentiles(history, path: Path | str, title: str) -> Path:
+    """Small multiples, one panel per probe point: p15, p50, p85 vs step (cf. Ioffe &
+    Szegedy Fig. 1b,c). Writes one PNG to ``path`` and returns it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = _points(history)
+    cols = min(3, max(1, len(points)))
+    rows = max(1, -(-len(points) // cols))
+    fig = Figure(figsize=(3.6 * cols, 2.6 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    steps = [step for step, _ in history]
+    for ax, point in zip(axes, points):
+        for stat, style in (("p85", "--"), ("p50", "-"), ("p15", "--")):
+            ax.plot(steps, _series(history, point, stat), style, color="C0", label=stat)
+        ax.set_title(f"input to {point}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(points):]:
+        ax.set_axis_off()
+    if points:
+        axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+# --- Co-adaptation ----------------------------------------------------------------
+
+
+def mean_abs_correlation(acts) -> float:
+    """Mean absolute off-diagonal Pearson correlation between the columns (units) of a
+    2-D ``(n_examples, units)`` matrix.
+
+    Units with zero variance (std <= 1e-8, e.g. a saturated or dead unit) have no defined
+    correlation and are left out, as if absent. NaN if fewer than two units remain.
+    """
+    a = np.asarray(acts, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D (examples, units) matrix, got shape {a.shape}")
+    a = a - a.mean(axis=0)
+    std = a.std(axis=0)
+    live = std > 1e-8
+    k = int(live.sum())
+    if k < 2:
+        return float("nan")
+    z = a[:, live] / std[live]
+    corr = (z.T @ z) / len(z)
+    off_diagonal = np.abs(corr[~np.eye(k, dtype=bool)])
+    return float(np.clip(off_diagonal, 0.0, 1.0).mean())
+
+
+def coadaptation(model: keras.Model, x, layer: str = "fc1_tanh") -> float:
+    """``mean_abs_correlation`` of the output of ``layer`` (default: the 84 fc1 units after
+    tanh) on ``x``, in inference mode."""
+    sub = _cached(
+        model, f"output:{layer}", lambda: keras.Model(model.input, model.get_layer(layer).output)
+    )
+    acts = keras.ops.convert_to_numpy(sub(x, training=False))
+    return mean_abs_correlation(acts.reshape(len(acts), -1))
+
+
+# --- Variance shift ----------------------------------------------------------------
+
+
+def variance_ratios(model: keras.Model, x) -> dict[str, np.ndarray]:
+    """Per BN layer, per channel: ``(Var_inference + eps) / (moving_variance + eps)``.
+
+    ``Var_inference`` is the variance of the layer's input on ``x`` in inference mode
+    (dropout off), over every axis but the last (batch and, for conv layers, spatial
+    positions); ``eps`` is the layer's epsilon, as BN itself divides by
+    ``sqrt(moving_variance + eps)``. So a ratio is the variance of the normalized
+    output at inference: 1 when training and inference statistics agree, < 1 when
+    dropout before BN inflated the training variance.
+    """
+    acts = probe_activations(model, x)
+    ratios = {}
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            a = acts[layer.name].astype(np.float64)
+            var = a.reshape(-1, a.shape[-1]).var(axis=0)
+            moving = keras.ops.convert_to_numpy(layer.moving_variance).astype(np.float64)
+            ratios[layer.name] = (var + layer.epsilon) / (moving + layer.epsilon)
+    return ratios
+
+
+def variance_shift(model: keras.Model, x) -> dict[str, float]:
+    """Per BN layer: the mean over channels of ``max(r, 1/r)``, ``r`` from ``variance_ratios``;
+    1.0 means no shift, 2.0 means a factor of two either way. For the worst channel or
+    the direction of the shift, use ``variance_ratios``."""
+    return {name: float(np.maximum(r, 1.0 / r).mean()) for name, r in variance_ratios(model, x).items()}
