@@ -114,7 +114,7 @@ class CovariateShiftMonitor(keras.callbacks.Callback):
         self.history: list[tuple[int, dict[str, float]]] = []
         self._epoch_base = 0  # updates done before the current epoch
         self._done = 0  # updates done so far
-        self._next = every_n_batches  # next step at which to record
+        self._next = 0  # next step at which to record
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_base = self._done

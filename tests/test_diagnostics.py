@@ -1,0 +1,124 @@
+"""Diagnostics on real Keras models: known arrays in, known numbers out."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from pipeline import diagnostics as dg
+from pipeline.config import VariantSpec
+from pipeline.model import build_lenet
+
+BN_DROPOUT = VariantSpec(name="bn_dropout", bn_input=True, bn_hidden=True, dropout_input=0.2, dropout_hidden=0.5)
+
+
+def test_percentiles_of_a_known_array():
+    assert dg.percentiles(np.arange(101).reshape(1, 101)) == {"p15": 15.0, "p50": 50.0, "p85": 85.0}
+    assert dg.percentiles(np.arange(11), qs=(10, 99.5)) == {"p10": 1.0, "p99.5": pytest.approx(9.95)}
+
+
+def test_mean_abs_correlation():
+    rng = np.random.default_rng(0)
+    independent = rng.normal(size=(20_000, 10))
+    assert dg.mean_abs_correlation(independent) < 0.05
+
+    unit = rng.normal(size=(500, 1))
+    assert dg.mean_abs_correlation(np.hstack([unit, -3 * unit + 1, 2 * unit])) == pytest.approx(1.0)
+
+    # A constant unit is left out: the two duplicated units alone give 1, not a mean with 0s.
+    with_constant = np.hstack([unit, unit, np.full((500, 1), 0.7)])
+    assert dg.mean_abs_correlation(with_constant) == pytest.approx(1.0)
+    assert math.isnan(dg.mean_abs_correlation(np.hstack([unit, np.zeros((500, 1))])))
+
+
+def _bn_model(dropout: float) -> keras.Model:
+    """Input (6, 6, 3) -> [Dropout] -> BN: a conv-shaped BN with per-channel scales."""
+    inputs = keras.Input(shape=(6, 6, 3))
+    x = layers.Dropout(dropout, seed=1, name="drop")(inputs) if dropout else inputs
+    x = layers.BatchNormalization(momentum=0.5, name="bn")(x)
+    return keras.Model(inputs, layers.Activation("tanh", name="bn_tanh")(x))
+
+
+def _images(rng, n):
+    # Channels differ in mean and scale, so variance over the wrong axes would not give ~1.
+    return (rng.normal(size=(n, 6, 6, 3)) * [0.5, 2.0, 5.0] + [0.0, 3.0, -1.0]).astype("float32")
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_variance_shift_is_one_without_dropout_and_large_with_it(dropout):
+    rng = np.random.default_rng(1)
+    model = _bn_model(dropout)
+    for _ in range(12):  # moving statistics learned in training mode, momentum 0.5
+        model(_images(rng, 512), training=True)
+    x = _images(rng, 512)  # fresh draws from the same distribution
+    shift = dg.variance_shift(model, x)
+    ratios = dg.variance_ratios(model, x)
+    assert list(shift) == ["bn"] and ratios["bn"].shape == (3,)
+    if dropout:
+        # Training variance of x*m/0.5 is 2*E[x^2] - E[x]^2, so r < 1 in every channel.
+        assert np.all(ratios["bn"] < 0.6) and shift["bn"] > 1.8
+    else:
+        assert shift["bn"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_probe_points_and_probe_model_on_lenet():
+    model = build_lenet(BN_DROPOUT)
+    expected = ["input_bn", "conv1_bn", "conv1_tanh", "conv2_bn", "conv2_tanh",
+                "conv3_bn", "conv3_tanh", "fc1_bn", "fc1_tanh"]
+    assert dg.probe_points(model) == expected
+    shapes = {"input_bn": (28, 28, 1), "conv1_bn": (28, 28, 6), "conv1_tanh": (28, 28, 6),
+              "conv2_bn": (23, 23, 16), "conv2_tanh": (23, 23, 16), "conv3_bn": (7, 7, 120),
+              "conv3_tanh": (7, 7, 120), "fc1_bn": (84,), "fc1_tanh": (84,)}
+
+    x = np.random.default_rng(2).random((5, 28, 28, 1), dtype=np.float32)
+    acts = dg.probe_activations(model, x)
+    assert {k: v.shape for k, v in acts.items()} == {k: (5, *s) for k, s in shapes.items()}
+    probe = dg.make_probe_model(model)
+    direct = probe(x, training=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(direct["fc1_tanh"]), acts["fc1_tanh"], rtol=1e-5)
+    # Inference mode: dropout is off, so the input to input_bn is the image itself.
+    np.testing.assert_array_equal(acts["input_bn"], x)
+    # The watched tensor really is what feeds the layer: tanh of it is fc1_tanh's output.
+    fc1_out = keras.Model(model.input, model.get_layer("fc1_tanh").output)(x, training=False)
+    np.testing.assert_allclose(np.tanh(acts["fc1_tanh"]), keras.ops.convert_to_numpy(fc1_out), atol=1e-5)
+
+    c = dg.coadaptation(model, x)
+    assert 0.0 <= c <= 1.0
+    assert dg.variance_shift(model, x).keys() == {"input_bn", "conv1_bn", "conv2_bn", "conv3_bn", "fc1_bn"}
+
+
+def test_covariate_shift_monitor_records_during_fit(tmp_path):
+    rng = np.random.default_rng(3)
+    model = build_lenet(VariantSpec(name="bn_hidden", bn_hidden=True))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    x = rng.random((320, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, size=320)
+
+    calls = []
+    monitor = dg.CovariateShiftMonitor(x[:16], every_n_batches=3, on_record=lambda s, r: calls.append((s, r)))
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
+
+    # 10 batches per epoch, the step count runs on across the epoch boundary.
+    assert [s for s, _ in calls] == [0, 3, 6, 9, 12, 15, 18]
+    assert calls == monitor.history
+    points = dg.probe_points(model)
+    keys = {f"{p}.{stat}" for p in points for stat in ("p15", "p50", "p85", "mean", "log_std")}
+    assert all(set(rec) == keys for _, rec in calls)
+    first, last = calls[0][1], calls[-1][1]
+    assert first["conv1_tanh.p15"] <= first["conv1_tanh.p50"] <= first["conv1_tanh.p85"]
+    assert first["fc1_bn.mean"] != last["fc1_bn.mean"]  # it sees the weights as they train
+
+    summary = dg.drift_summary(monitor.history)
+    assert list(summary) == points
+    conv1 = summary["conv1_bn"]
+    mean_series = [rec["conv1_bn.mean"] for _, rec in calls]
+    assert conv1["total_delta_mean"] == pytest.approx(mean_series[-1] - mean_series[0])
+    assert conv1["mean_abs_delta_mean"] == pytest.approx(np.mean(np.abs(np.diff(mean_series))))
+    assert conv1["mean_abs_delta_log_std"] > 0
+
+    png = dg.plot_percentiles(monitor.history, tmp_path / "fig" / "icf.png", "bn_hidden")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
