@@ -192,6 +192,34 @@ def train_config(params: dict[str, Any], overrides: dict[str, Any] | None = None
     )
 
 
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    """What the training stage measures besides loss and accuracy (see pipeline.diagnostics)."""
+
+    enabled: bool = True
+    probe_size: int = 256
+    every_n_batches: int = 100
+    variance_shift_images: int = 2000
+
+
+def diagnostics_config(params: dict[str, Any]) -> DiagnosticsConfig:
+    raw = params.get("diagnostics") or {}
+    if not isinstance(raw, dict):
+        raise UserError("params: 'diagnostics' must be a mapping")
+    allowed = {f.name for f in dataclasses.fields(DiagnosticsConfig)}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise UserError(f"params: 'diagnostics' has unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    d = DiagnosticsConfig()
+    return DiagnosticsConfig(
+        enabled=_as_bool("diagnostics.enabled", raw.get("enabled", d.enabled)),
+        probe_size=_as_positive_int("diagnostics.probe_size", raw.get("probe_size", d.probe_size)),
+        every_n_batches=_as_positive_int("diagnostics.every_n_batches", raw.get("every_n_batches", d.every_n_batches)),
+        variance_shift_images=_as_positive_int("diagnostics.variance_shift_images",
+                                               raw.get("variance_shift_images", d.variance_shift_images)),
+    )
+
+
 def seeds(params: dict[str, Any]) -> list[int]:
     value = params.get("seeds")
     _check(isinstance(value, list) and len(value) > 0, "seeds", value, "must be a non-empty list of integers")

@@ -55,3 +55,99 @@ def bn_distributions(weights: dict[str, dict[str, dict[str, np.ndarray]]], path:
     fig.suptitle("Learned batch-norm parameters", fontsize=11)
     fig.tight_layout()
     _save(fig, path)
+
+
+def learning_curves(curves, path: Path) -> None:
+    """Test accuracy and loss per epoch; a line per variant (mean over seeds), band = min..max."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("test_accuracy", "test_loss")):
+        for variant, group in curves.groupby("variant", sort=False):
+            agg = group.groupby("epoch")[metric].agg(["mean", "min", "max"])
+            line, = ax.plot(agg.index, agg["mean"], marker="o", ms=3, label=variant)
+            if group["seed"].nunique() > 1:
+                ax.fill_between(agg.index, agg["min"], agg["max"], color=line.get_color(), alpha=0.2)
+        ax.set(xlabel="epoch", ylabel=metric.replace("_", " "), title=metric.replace("_", " ") + " per epoch")
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def accuracy_bars(table, path: Path) -> None:
+    """Final test accuracy per variant with its interval; the notebook's single run as a marker."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    x = np.arange(len(table))
+    mean = table["test_accuracy_mean"].to_numpy()
+    err = np.vstack([mean - table["accuracy_ci_low"].to_numpy(), table["accuracy_ci_high"].to_numpy() - mean])
+    ax.bar(x, mean, color="#8fb3d9", label="this study (mean)")
+    ax.errorbar(x, mean, yerr=err, fmt="none", ecolor="black", capsize=4, label="95% interval")
+    ref = table["notebook_accuracy"].to_numpy(dtype=float)
+    ax.scatter(x[~np.isnan(ref)], ref[~np.isnan(ref)], marker="D", color="#d9534f", zorder=3, label="notebook (2019)")
+    low = np.nanmin(np.concatenate([table["accuracy_ci_low"].to_numpy(), ref]))
+    ax.set_ylim(max(0.0, low - 0.02), min(1.0, float(np.nanmax(table["accuracy_ci_high"])) + 0.01))
+    ax.set_xticks(x, table["variant"])
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def covariate_shift_grid(histories: dict, points: list[str], path: Path) -> None:
+    """p15/p50/p85 of each tanh input over training; rows = points, columns = variants.
+
+    ``histories`` maps variant -> DataFrame with a ``step`` column and ``<point>.p15`` … columns.
+    """
+    variants = list(histories)
+    fig, axes = plt.subplots(len(points), len(variants), figsize=(2.6 * len(variants), 1.9 * len(points)),
+                             squeeze=False, sharex=True)
+    for col, variant in enumerate(variants):
+        df = histories[variant]
+        for row, point in enumerate(points):
+            ax = axes[row, col]
+            if f"{point}.p50" in df:
+                ax.fill_between(df["step"], df[f"{point}.p15"], df[f"{point}.p85"], alpha=0.3)
+                ax.plot(df["step"], df[f"{point}.p50"], lw=1.2)
+            ax.tick_params(labelsize=6)
+            if row == 0:
+                ax.set_title(variant, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(point, fontsize=8)
+    fig.suptitle("Input to each tanh on the probe batch: median, band = 15th–85th percentile; x = optimizer step",
+                 fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def grouped_bars(values: dict[str, dict[str, float]], path: Path, ylabel: str, title: str, hline: float | None = None) -> None:
+    """``values`` maps group (x tick) -> series -> value; bars grouped by x tick."""
+    groups = list(values)
+    series = []
+    for g in groups:
+        series += [s for s in values[g] if s not in series]
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(groups)), 3.5))
+    for i, s in enumerate(series):
+        ys = [values[g].get(s, np.nan) for g in groups]
+        ax.bar(np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width, ys, width, label=s)
+    if hline is not None:
+        ax.axhline(hline, color="black", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(groups)), groups, fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def series_over_steps(series: dict, path: Path, ylabel: str, title: str) -> None:
+    """One line per variant; ``series`` maps variant -> DataFrame with ``step`` and ``value``."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for variant, df in series.items():
+        ax.plot(df["step"], df["value"], marker=".", label=variant)
+    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import paths, tracking
-from pipeline.config import (TrainConfig, UserError, VariantSpec, load_params, run_main, section,
-                             train_config, variant_spec)
+from pipeline.config import (DiagnosticsConfig, TrainConfig, UserError, VariantSpec, diagnostics_config,
+                             load_params, run_main, section, train_config, variant_spec)
 
 log = logging.getLogger("pipeline.train")
 
@@ -132,7 +132,8 @@ def git_commit() -> str:
         return ""
 
 
-def flat_params(spec: VariantSpec, cfg: TrainConfig, seed: int, data: dict, summary: dict) -> dict:
+def flat_params(spec: VariantSpec, cfg: TrainConfig, seed: int, data: dict, summary: dict,
+                diag_cfg: DiagnosticsConfig) -> dict:
     import dataclasses
 
     flat = {f"variant.{k}": v for k, v in dataclasses.asdict(spec).items()}
@@ -146,6 +147,7 @@ def flat_params(spec: VariantSpec, cfg: TrainConfig, seed: int, data: dict, summ
     for split in ("train", "test"):
         flat[f"data.{split}_digest"] = summary.get(split, {}).get("digest", "")
     flat["data.scale"] = summary.get("scale", "")
+    flat.update({f"diagnostics.{k}": v for k, v in dataclasses.asdict(diag_cfg).items()})
     return flat
 
 
@@ -232,12 +234,12 @@ def write_artifacts(out: Path, model, spec: VariantSpec, data: dict, probs: np.n
     model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=100)
     (out / "model_summary.txt").write_text("\n".join(lines) + "\n")
 
-    bn_dir = out / "bn_weights"
-    bn_dir.mkdir()
+    bn_dir = out / "bn_weights"  # created only for a model with BN layers
     summary = {}
     weights = {}
     for layer in bn_layers(model):
         site = bn_site(layer.name)
+        bn_dir.mkdir(exist_ok=True)
         w = {"gamma": layer.gamma.numpy(), "beta": layer.beta.numpy(),
              "moving_mean": layer.moving_mean.numpy(), "moving_variance": layer.moving_variance.numpy()}
         np.savez(bn_dir / f"{site}.npz", **w)
@@ -247,6 +249,56 @@ def write_artifacts(out: Path, model, spec: VariantSpec, data: dict, probs: np.n
     if weights:
         (bn_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         figures.bn_distributions({spec.name: weights}, bn_dir / "distributions.png")
+
+
+class Diagnostics:
+    """Wires pipeline.diagnostics into a training run: metrics while training, artifacts after."""
+
+    def __init__(self, cfg: DiagnosticsConfig, model, x_test: np.ndarray):
+        from pipeline import diagnostics
+
+        self.cfg = cfg
+        self.model = model
+        self.probe_x = x_test[-min(cfg.probe_size, len(x_test)):]
+        self.variance_x = x_test[:min(cfg.variance_shift_images, len(x_test))]
+        self.coadaptation: list[tuple[int, float]] = []
+        self.monitor = diagnostics.CovariateShiftMonitor(self.probe_x, cfg.every_n_batches, self._on_record)
+
+    def _on_record(self, step: int, record: dict) -> None:
+        import mlflow
+
+        from pipeline import diagnostics
+
+        coad = diagnostics.coadaptation(self.model, self.probe_x)
+        self.coadaptation.append((step, coad))
+        mlflow.log_metrics({**{f"ics.{k}": v for k, v in record.items()}, "coadaptation.fc1": coad}, step=step)
+
+    def finish(self, out: Path, title: str) -> dict:
+        """After training: final measurements as metrics, history/summary/figure as artifacts."""
+        import mlflow
+        import pandas as pd
+
+        from pipeline import diagnostics
+
+        steps = [step for step, _ in self.monitor.history]
+        if not steps or steps[-1] < self.monitor._done:
+            self.monitor.record(self.monitor._done)  # the end of training is a checkpoint too
+        final_coad = diagnostics.coadaptation(self.model, self.probe_x)
+        shift = diagnostics.variance_shift(self.model, self.variance_x)
+        ratios = diagnostics.variance_ratios(self.model, self.variance_x)
+        summary = {
+            "probe_size": len(self.probe_x), "every_n_batches": self.cfg.every_n_batches,
+            "drift": diagnostics.drift_summary(self.monitor.history),
+            "coadaptation_fc1": final_coad, "coadaptation_history": self.coadaptation,
+            "variance_shift": shift,
+            "variance_ratio_mean": {k: float(np.mean(v)) for k, v in ratios.items()},
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame([{"step": s, **r} for s, r in self.monitor.history]).to_csv(out / "history.csv", index=False)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        diagnostics.plot_percentiles(self.monitor.history, out / "covariate_shift.png", title)
+        mlflow.log_metrics({"coadaptation_fc1": final_coad, **{f"variance_shift.{k}": v for k, v in shift.items()}})
+        return summary
 
 
 def write_record(record_dir: Path, record: dict, history: list[dict]) -> None:
@@ -265,6 +317,7 @@ def train(variant: str, seed: int, overrides: dict | None = None, record_dir: Pa
     params = load_params(params_path)
     spec = variant_spec(params, variant)
     cfg = train_config(params, overrides)
+    diag_cfg = diagnostics_config(params)
     if seed < 0:
         raise UserError(f"--seed = {seed} is invalid: must be >= 0")
     experiment = section(params, "mlflow").get("experiment")
@@ -296,8 +349,12 @@ def train(variant: str, seed: int, overrides: dict | None = None, record_dir: Pa
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     run_name = f"{spec.name}-s{seed}"
     history: list[dict] = []
+    callbacks = [_epoch_logger(data["x_test"], y_test, cfg.batch_size, history)]
+    diag = Diagnostics(diag_cfg, model, data["x_test"]) if diag_cfg.enabled else None
+    if diag is not None:
+        callbacks.append(diag.monitor)
     with mlflow_run(experiment_id, run_name, tags) as run:
-        mlflow.log_params(flat_params(spec, cfg, seed, data, summary))
+        mlflow.log_params(flat_params(spec, cfg, seed, data, summary, diag_cfg))
         mlflow.log_params({f"model.params_{k}": v for k, v in counts.items()})
         for split, ctx in (("train", "training"), ("test", "testing")):
             ds = mlflow.data.from_numpy(data[f"x_{split}"], targets=data[f"y_{split}"], name=f"mnist-{split}")
@@ -306,15 +363,18 @@ def train(variant: str, seed: int, overrides: dict | None = None, record_dir: Pa
               f"{len(y_train)} images, {cfg.epochs} epoch(s), run {run.info.run_id}", flush=True)
         start = time.perf_counter()
         model.fit(data["x_train"], y_train, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=cfg.shuffle,
-                  verbose=0, callbacks=[_epoch_logger(data["x_test"], y_test, cfg.batch_size, history)])
+                  verbose=0, callbacks=callbacks)
         seconds = time.perf_counter() - start
-        test_loss, test_acc = model.evaluate(data["x_test"], y_test, batch_size=1000, verbose=0)
-        final = {"test_loss": float(test_loss), "test_accuracy": float(test_acc), "train_seconds": seconds,
-                 "images_per_second": cfg.epochs * len(y_train) / seconds}
-        mlflow.log_metrics(final)
+        # The last epoch's test metrics are the final ones; logging them again (at step 0)
+        # would add a spurious point to the per-epoch curves.
+        speed = {"train_seconds": seconds, "images_per_second": cfg.epochs * len(y_train) / seconds}
+        mlflow.log_metrics(speed)
+        final = {"test_loss": history[-1]["test_loss"], "test_accuracy": history[-1]["test_accuracy"], **speed}
         probs = model.predict(data["x_test"], batch_size=1000, verbose=0)
         with tempfile.TemporaryDirectory(prefix="lenet-artifacts-") as tmp:
             write_artifacts(Path(tmp), model, spec, data, probs, history)
+            if diag is not None:
+                diag.finish(Path(tmp) / "diagnostics", f"{run_name}: inputs of tanh and BN layers (probe batch)")
             mlflow.log_artifacts(tmp)
         from mlflow.models import infer_signature
 
