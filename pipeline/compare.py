@@ -28,6 +28,7 @@ from pipeline.config import (UserError, VariantSpec, load_params, run_main, sect
                              train_config, variant_names, variant_spec)
 
 log = logging.getLogger("pipeline.compare")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunData:
     parameters: int
     correct: np.ndarray
     curves: pd.DataFrame                      # epoch, test_accuracy, test_loss
+    n_train: int = 0
     bn: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)
 
@@ -117,6 +119,7 @@ def fetch_runs(records: dict[tuple[str, int], dict], uri: str) -> dict[tuple[str
                 variant=variant, seed=seed, run_id=run_id, test_loss=float(m["test_loss"]),
                 test_accuracy=float(m["test_accuracy"]), train_seconds=float(m["train_seconds"]),
                 parameters=int(float(run.data.params.get("model.params_total", "nan"))),
+                n_train=int(float(run.data.params.get("data.n_train", "0"))),
                 correct=preds["correct"].to_numpy().astype(bool), curves=curves, bn=bn, diagnostics=diagnostics)
     return out
 
@@ -194,7 +197,8 @@ def _ref(x: float, digits: int) -> str:
 
 
 def render_markdown(table: pd.DataFrame, sig: pd.DataFrame, params: dict, seeds: list[int], uri: str,
-                    experiment: str, figure_names: list[str], extra_sections: list[str]) -> str:
+                    experiment: str, figure_names: list[str], extra_sections: list[str], n_train: int,
+                    n_test: int) -> str:
     cfg = params["compare"]
     train = train_config(params)
     conf = int(round(100 * float(cfg.get("confidence", 0.95))))
@@ -227,8 +231,8 @@ def render_markdown(table: pd.DataFrame, sig: pd.DataFrame, params: dict, seeds:
         "(and conv biases on).",
         "",
         f"**Held fixed:** SGD with learning rate {train.learning_rate:g} and momentum {train.momentum:g}, "
-        f"batch size {train.batch_size}, {train.epochs} epochs, categorical cross-entropy, pixels / 255, "
-        f"the same {int(table['parameters'].notna().sum()) and ''}training data and test images, and the same "
+        f"batch size {train.batch_size}, {train.epochs} epoch{'s' if train.epochs > 1 else ''}, categorical "
+        f"cross-entropy, pixels / 255, the same {n_train:,} training and {n_test:,} test images, and the same "
         f"seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}) for every variant.",
         "",
     ]
@@ -249,12 +253,16 @@ def render_markdown(table: pd.DataFrame, sig: pd.DataFrame, params: dict, seeds:
                    "which includes training noise; McNemar's exact test on the per-image predictions is shown per seed.")
         else:
             how = ("With fewer than 3 seeds the verdict rests on McNemar's exact test on the per-image test predictions "
-                   "(the largest p over seeds). It says whether the two trained networks differ on these 10,000 images; "
+                   f"(the largest p over seeds). It says whether the two trained networks differ on these {n_test:,} images; "
                    "it cannot see how much a different seed would move either one. "
                    "`dvc exp run -S 'seeds=[0,1,2]'` adds the test across seeds.")
         lines += [how + f" p-values are Holm-adjusted over the {len(sig)} comparisons; "
                   f"a difference is called real when the adjusted p < {alpha:g}.", ""]
-    lines += ["## Figures", ""] + [f"![{name}](figures/{name})" for name in figure_names] + [""]
+    titles = {"curves.png": "Test accuracy and loss per epoch", "accuracy.png": "Final test accuracy with intervals",
+              "bn_parameters.png": "Learned batch-norm gamma and beta"}
+    lines += ["## Figures", ""]
+    for name in figure_names:
+        lines += [f"**{titles.get(name, name)}**", "", f"![{name}](figures/{name})", ""]
     for extra in extra_sections:
         lines += [extra, ""]
     return "\n".join(lines)
@@ -329,11 +337,12 @@ def compare(params_path: Path = paths.PARAMS, results: Path = paths.RESULTS, rep
     try:
         (staging / "figures").mkdir()
         names = draw_figures(runs, table, staging / "figures")
-        extra, diag_names, diag_metrics = diagnostics_report.section(runs, staging / "figures")
-        names += diag_names
+        extra, _, diag_metrics = diagnostics_report.section(runs, staging / "figures")
         table.to_csv(staging / "comparison.csv", index=False)
+        any_run = next(iter(runs.values()))
         (staging / "comparison.md").write_text(
-            render_markdown(table, sig, params, seeds, uri, experiment, names, [extra] if extra else []))
+            render_markdown(table, sig, params, seeds, uri, experiment, names, [extra] if extra else [],
+                            n_train=any_run.n_train, n_test=len(any_run.correct)))
         metrics = {r.variant: {"test_accuracy": round(r.test_accuracy_mean, 6), "test_loss": round(r.test_loss_mean, 6),
                                "n_seeds": r.n_seeds} for r in table.itertuples()}
         if not sig.empty:

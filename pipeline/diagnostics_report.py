@@ -134,7 +134,8 @@ def section(runs, fig_dir) -> tuple[str, list[str], dict]:
                 call = f"partly support it: the shift is larger with dropout in {len(larger)} of {len(common)} layers"
             else:
                 call = f"do not support it: the shift is larger with dropout in only {len(larger)} of {len(common)} layers"
-            lines += [f"Li et al. explain `bn_dropout`'s deficit by this shift. Our numbers {call} "
-                      f"({', '.join(f'{layer}: {shift['bn_dropout'][layer]:.3f} vs {shift['bn_hidden'][layer]:.3f}' for layer in common)}). "
+            pairs = ", ".join(f"{layer}: {shift['bn_dropout'][layer]:.3f} vs {shift['bn_hidden'][layer]:.3f}"
+                              for layer in common)
+            lines += [f"Li et al. explain `bn_dropout`'s deficit by this shift. Our numbers {call} ({pairs}). "
                       "That the shift is present does not by itself show it causes the lower accuracy.", ""]
     return "\n".join(lines), names, metrics

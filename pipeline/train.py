@@ -231,7 +231,9 @@ def write_artifacts(out: Path, model, spec: VariantSpec, data: dict, probs: np.n
     pd.DataFrame(history).to_csv(out / "history.csv", index=False)
 
     lines: list[str] = []
-    model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=100)
+    # Keras renders with rich, which crops to the console: 80 columns when stdout is not a
+    # terminal (DVC, mlflow run). A wider table silently loses its "Param #" column.
+    model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=80)
     (out / "model_summary.txt").write_text("\n".join(lines) + "\n")
 
     bn_dir = out / "bn_weights"  # created only for a model with BN layers

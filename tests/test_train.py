@@ -1,0 +1,421 @@
+"""The training stage in-process: real Keras on the fixture subset, a real temporary SQLite
+MLflow store. Trainings are tiny (300 train / 200 test images, 1-2 epochs) and shared
+between tests through module-scoped fixtures."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.entities import ViewType
+
+from conftest import tiny_params
+from pipeline import tracking
+from pipeline.config import UserError, VariantSpec
+from pipeline.train import METRIC_KEYS, mlflow_run, train
+
+TRAIN_LIMIT, TEST_LIMIT = 300, 200
+EXPERIMENT = "test-study"
+# Credentials MLflow would read for a server; they must never end up in the run. (The user
+# name is not a secret: MLflow itself records it as the run's user, tag mlflow.user.)
+SECRETS = {"MLFLOW_TRACKING_PASSWORD": "pw-5ecret-b29", "MLFLOW_TRACKING_TOKEN": "tok-5ecret-c83"}
+BN_ALL_SITES = ["input", "conv1", "conv2", "conv3", "fc1"]
+
+
+@dataclasses.dataclass
+class Env:
+    root: Path
+    uri: str
+    params_path: Path
+    prepared: Path
+    client: mlflow.MlflowClient
+
+    def train(self, variant: str, seed: int = 0, **kw) -> dict:
+        return train(variant, seed, params_path=self.params_path, prepared=self.prepared, **kw)
+
+    def n_runs(self) -> int:
+        exps = self.client.search_experiments(view_type=ViewType.ALL)
+        return len(self.client.search_runs([e.experiment_id for e in exps], run_view_type=ViewType.ALL))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, prepared_fixture):
+    root = tmp_path_factory.mktemp("train")
+    uri = f"sqlite:///{root}/mlflow.db"
+    params_path = root / "params.yaml"
+    params_path.write_text(yaml.safe_dump(tiny_params(train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT)))
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "DVC_ROOT", "DVC_EXP_NAME"):
+            mp.delenv(var, raising=False)
+        for var, value in {**SECRETS, "MLFLOW_TRACKING_USERNAME": "study-user"}.items():
+            mp.setenv(var, value)
+        mlflow.set_tracking_uri(uri)
+        tracking.prepare_experiment(EXPERIMENT)  # the store exists before any test counts its runs
+        yield Env(root, uri, params_path, prepared_fixture, mlflow.MlflowClient(uri))
+        assert mlflow.active_run() is None
+    mlflow.set_tracking_uri(previous)
+
+
+@dataclasses.dataclass
+class Trained:
+    record: dict
+    run: object
+    artifacts: Path  # the run's artifacts, downloaded
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+
+def _trained(env: Env, record: dict) -> Trained:
+    run = env.client.get_run(record["run_id"])
+    dest = env.root / "downloads" / record["run_id"]
+    dest.mkdir(parents=True)
+    local = mlflow.artifacts.download_artifacts(run_id=record["run_id"], dst_path=str(dest))
+    return Trained(record, run, Path(local))
+
+
+@pytest.fixture(scope="module")
+def bn_all(env) -> Trained:
+    record = env.train("bn_all", 0, overrides={"epochs": 2}, record_dir=env.root / "record",
+                       dvc_stage="train@bn_all-0")
+    return _trained(env, record)
+
+
+@pytest.fixture(scope="module")
+def dropout(env) -> Trained:
+    return _trained(env, env.train("dropout", 0))
+
+
+@pytest.fixture(scope="module")
+def held_out(prepared_fixture):
+    x = np.load(prepared_fixture / "x_test.npy")[:TEST_LIMIT]
+    y = np.load(prepared_fixture / "y_test.npy")[:TEST_LIMIT].astype(int)
+    return x, y
+
+
+def _model_id(env: Env, t: Trained) -> str:
+    outputs = t.run.outputs.model_outputs
+    assert len(outputs) == 1
+    found = mlflow.search_logged_models(experiment_ids=[t.run.info.experiment_id],
+                                        filter_string=f"source_run_id = '{t.run_id}'", output_format="list")
+    assert [m.model_id for m in found] == [outputs[0].model_id]
+    assert found[0].name == "model"
+    return outputs[0].model_id
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def test_run_name_status_experiment(env, bn_all):
+    info = bn_all.run.info
+    assert info.run_name == "bn_all-s0"
+    assert info.status == "FINISHED"
+    assert env.client.get_experiment(info.experiment_id).name == EXPERIMENT
+    assert bn_all.record["experiment_id"] == info.experiment_id
+    assert mlflow.active_run() is None
+
+
+def test_run_params(bn_all, prepared_fixture):
+    params = bn_all.run.data.params
+    expected_spec = VariantSpec(name="bn_all", bn_input=True, bn_hidden=True)
+    for field in dataclasses.fields(VariantSpec):
+        assert params[f"variant.{field.name}"] == str(getattr(expected_spec, field.name)), field.name
+    assert {k: params[f"train.{k}"] for k in ("epochs", "batch_size", "learning_rate", "momentum", "shuffle",
+                                             "seed", "train_limit", "test_limit")} == {
+        "epochs": "2", "batch_size": "128", "learning_rate": "0.01", "momentum": "0.0", "shuffle": "True",
+        "seed": "0", "train_limit": str(TRAIN_LIMIT), "test_limit": str(TEST_LIMIT)}
+    assert params["data.n_train"] == str(TRAIN_LIMIT)
+    assert params["data.n_test"] == str(TEST_LIMIT)
+    summary = json.loads((prepared_fixture.parent / "summary.json").read_text())
+    assert params["data.train_digest"] == summary["train"]["digest"] != ""
+    assert params["data.test_digest"] == summary["test"]["digest"] != ""
+    assert params["model.params_total"] == "546432"
+
+
+def test_run_tags(env, bn_all):
+    tags = bn_all.run.data.tags
+    assert tags["variant"] == "bn_all"
+    assert tags["seed"] == "0"
+    assert "git_commit" in tags
+    assert tags["dvc_stage"] == "train@bn_all-0"
+    assert tags["tracking_store"] == env.uri
+    assert tags["mlflow.runName"] == "bn_all-s0"
+
+
+def test_no_credentials_anywhere(env, bn_all):
+    logged = {**bn_all.run.data.params, **bn_all.run.data.tags}
+    texts = list(logged) + list(logged.values())
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{_model_id(env, bn_all)}",
+                                                         dst_path=str(env.root / "model-scan")))
+    files = [p for d in (bn_all.artifacts, model_dir) for p in d.rglob("*") if p.is_file()]
+    assert len(files) > 5
+    blobs = [p.read_bytes() for p in files]
+    for secret in SECRETS.values():
+        assert not any(secret in t for t in texts)
+        assert not any(secret.encode() in b for b in blobs)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_metric_histories_have_one_point_per_epoch(env, bn_all):
+    for key in METRIC_KEYS:
+        history = env.client.get_metric_history(bn_all.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2], key
+        assert all(np.isfinite(m.value) for m in history)
+    for key in ("train_accuracy", "test_accuracy"):
+        assert all(0.0 <= m.value <= 1.0 for m in env.client.get_metric_history(bn_all.run_id, key))
+
+
+def test_final_metrics(env, bn_all):
+    metrics = bn_all.run.data.metrics
+    last = {key: max(env.client.get_metric_history(bn_all.run_id, key), key=lambda m: m.step).value
+            for key in METRIC_KEYS}
+    assert metrics["test_accuracy"] == last["test_accuracy"] == bn_all.record["test_accuracy"]
+    assert metrics["test_loss"] == last["test_loss"] == bn_all.record["test_loss"]
+    assert metrics["train_seconds"] > 0
+    assert metrics["images_per_second"] == pytest.approx(2 * TRAIN_LIMIT / metrics["train_seconds"])
+    assert bn_all.record["parameters"] == 546_432
+
+
+# --- artifacts -------------------------------------------------------------------------------
+
+
+def test_bn_weights_match_the_logged_model(env, bn_all):
+    bn_dir = bn_all.artifacts / "bn_weights"
+    assert sorted(p.name for p in bn_dir.iterdir()) == sorted(
+        [f"{s}.npz" for s in BN_ALL_SITES] + ["summary.json", "distributions.png"])
+    assert (bn_dir / "distributions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    model = mlflow.keras.load_model(f"models:/{_model_id(env, bn_all)}")
+    bn = {layer.name.removesuffix("_bn"): layer for layer in model.layers if layer.name.endswith("_bn")}
+    assert sorted(bn) == sorted(BN_ALL_SITES)
+    summary = json.loads((bn_dir / "summary.json").read_text())
+    assert sorted(summary) == sorted(BN_ALL_SITES)
+    for site, layer in bn.items():
+        with np.load(bn_dir / f"{site}.npz") as saved:
+            assert sorted(saved.files) == ["beta", "gamma", "moving_mean", "moving_variance"]
+            for name in saved.files:
+                np.testing.assert_array_equal(saved[name], getattr(layer, name).numpy(), err_msg=f"{site}.{name}")
+                assert summary[site][name]["n"] == saved[name].size
+                assert summary[site][name]["mean"] == pytest.approx(float(saved[name].mean()))
+        # trained: the moving statistics moved away from their initial 0 / 1
+        assert not np.allclose(layer.moving_mean.numpy(), 0.0)
+
+
+def test_model_summary(bn_all):
+    text = (bn_all.artifacts / "model_summary.txt").read_text()
+    assert 'Model: "lenet5_bn_all"' in text
+    assert "Trainable params: 545,978" in text and "Non-trainable params: 454" in text
+    assert "Param #" in text  # the table is not cropped to the console width
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("│")}
+    for name, count in (("input_bn", "4"), ("conv1", "150"), ("conv1_bn", "24"), ("conv3", "48,120"),
+                        ("fc1", "494,004"), ("fc1_tanh", "0"), ("output", "850")):
+        assert rows[name].rstrip("│ ").endswith(f" {count}"), rows[name]
+
+
+def test_predictions_and_confusion_matrix(env, bn_all, held_out):
+    x, y = held_out
+    pred = pd.read_csv(bn_all.artifacts / "predictions.csv")
+    assert list(pred.columns) == ["index", "label", "predicted", "probability", "correct"]
+    assert len(pred) == TEST_LIMIT
+    assert pred["index"].tolist() == list(range(TEST_LIMIT))
+    assert pred["label"].tolist() == y.tolist()
+
+    model = mlflow.keras.load_model(f"runs:/{bn_all.run_id}/model")
+    probs = model.predict(x, batch_size=1000, verbose=0)
+    assert pred["predicted"].tolist() == probs.argmax(axis=1).tolist()
+    np.testing.assert_allclose(pred["probability"], probs.max(axis=1), atol=1e-5)
+    assert pred["correct"].tolist() == (pred["predicted"] == pred["label"]).astype(int).tolist()
+    assert pred["correct"].mean() == pytest.approx(bn_all.run.data.metrics["test_accuracy"], abs=1e-6)
+
+    cm = pd.read_csv(bn_all.artifacts / "confusion_matrix.csv", index_col=0)
+    assert cm.shape == (10, 10)
+    assert list(cm.index) == [f"true_{i}" for i in range(10)]
+    assert int(cm.values.sum()) == TEST_LIMIT
+    assert int(np.trace(cm.values)) == int(pred["correct"].sum())
+    assert cm.sum(axis=1).tolist() == np.bincount(y, minlength=10).tolist()
+
+
+def test_logged_model_loads_as_keras_and_pyfunc(env, bn_all, held_out):
+    x, _ = held_out
+    uri = f"models:/{_model_id(env, bn_all)}"
+    keras_model = mlflow.keras.load_model(uri)
+    assert keras_model.name == "lenet5_bn_all"
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    assert pyfunc.metadata.run_id == bn_all.run_id
+    for out in (keras_model.predict(x[:7], verbose=0), np.asarray(pyfunc.predict(x[:7]))):
+        assert out.shape == (7, 10)
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_dataset_inputs(bn_all):
+    inputs = bn_all.run.inputs.dataset_inputs
+    assert len(inputs) == 2
+    by_context = {}
+    for di in inputs:
+        context = {t.key: t.value for t in di.tags}["mlflow.data.context"]
+        by_context[context] = di.dataset
+    assert sorted(by_context) == ["testing", "training"]
+    assert by_context["training"].name == "mnist-train" and by_context["testing"].name == "mnist-test"
+    assert by_context["training"].digest and by_context["testing"].digest
+    assert by_context["training"].digest != by_context["testing"].digest
+    assert json.loads(by_context["training"].profile)["features_shape"] == [TRAIN_LIMIT, 28, 28, 1]
+    assert json.loads(by_context["testing"].profile)["targets_shape"] == [TEST_LIMIT]
+
+
+def test_dropout_run_has_no_bn_weights(env, dropout):
+    assert dropout.run.info.status == "FINISHED"
+    assert dropout.run.data.params["variant.dropout_hidden"] == "0.5"
+    top = {a.path for a in env.client.list_artifacts(dropout.run_id)}
+    assert "predictions.csv" in top and "model_summary.txt" in top
+    assert "bn_weights" not in top
+    assert not (dropout.artifacts / "bn_weights").exists()
+    assert dropout.record["parameters"] == 545_524
+
+
+# --- determinism -----------------------------------------------------------------------------
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(env):
+    runs = [_trained(env, env.train("bn_dropout", seed)) for seed in (0, 0, 1)]
+    m = [r.run.data.metrics for r in runs]
+    preds = [pd.read_csv(r.artifacts / "predictions.csv") for r in runs]
+    assert runs[0].run_id != runs[1].run_id
+    for key in ("test_loss", "test_accuracy", "train_loss", "train_accuracy"):
+        assert m[0][key] == m[1][key], key
+    pd.testing.assert_frame_equal(preds[0], preds[1])
+    for site in BN_ALL_SITES:
+        with np.load(runs[0].artifacts / "bn_weights" / f"{site}.npz") as a, \
+                np.load(runs[1].artifacts / "bn_weights" / f"{site}.npz") as b:
+            for name in a.files:
+                np.testing.assert_array_equal(a[name], b[name])
+    assert m[2]["test_loss"] != m[0]["test_loss"]
+    assert m[2]["train_loss"] != m[0]["train_loss"]
+    assert not preds[2]["probability"].equals(preds[0]["probability"])
+    assert runs[2].run.info.run_name == "bn_dropout-s1"
+
+
+# --- the DVC record --------------------------------------------------------------------------
+
+
+def test_record_matches_the_run(env, bn_all):
+    record_dir = env.root / "record"
+    assert sorted(p.name for p in record_dir.iterdir()) == ["history.csv", "record.json"]
+    record = json.loads((record_dir / "record.json").read_text())
+    metrics = bn_all.run.data.metrics
+    assert record["run_id"] == bn_all.run_id
+    assert record["variant"] == "bn_all" and record["seed"] == 0
+    assert record["test_loss"] == metrics["test_loss"]
+    assert record["test_accuracy"] == metrics["test_accuracy"]
+
+    history = pd.read_csv(record_dir / "history.csv")
+    assert list(history.columns) == ["epoch", *METRIC_KEYS]
+    assert history["epoch"].tolist() == [1, 2]
+    for key in METRIC_KEYS:
+        logged = sorted(env.client.get_metric_history(bn_all.run_id, key), key=lambda m: m.step)
+        np.testing.assert_allclose(history[key], [m.value for m in logged], rtol=1e-12)
+    artifact_history = pd.read_csv(bn_all.artifacts / "history.csv")
+    pd.testing.assert_frame_equal(artifact_history, history)
+
+
+# --- bad input fails before any run ----------------------------------------------------------
+
+
+def test_unknown_variant_fails_before_a_run(env):
+    before = env.n_runs()
+    with pytest.raises(UserError, match="known variants: bn_all, bn_dropout, bn_hidden, dropout, plain"):
+        env.train("nope")
+    assert env.n_runs() == before
+
+
+def test_zero_epochs_fails_before_a_run(env):
+    before = env.n_runs()
+    with pytest.raises(UserError, match=r"'train\.epochs' = 0"):
+        env.train("plain", overrides={"epochs": 0})
+    assert env.n_runs() == before
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "http://bob:hunter2@127.0.0.1:9/"])
+def test_unreachable_server_fails_fast_before_a_run(env, monkeypatch, uri):
+    before = env.n_runs()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    start = time.monotonic()
+    with pytest.raises(UserError, match="unreachable") as exc:
+        env.train("plain", record_dir=env.root / "never")
+    assert time.monotonic() - start < 15
+    assert "127.0.0.1:9" in str(exc.value) and "hunter2" not in str(exc.value)
+    assert not (env.root / "never").exists()
+    assert env.n_runs() == before
+    assert mlflow.active_run() is None
+
+
+# --- the run's final status ------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_experiment(env) -> str:
+    return tracking.prepare_experiment("test-mlflow-run")
+
+
+def _status(env: Env, run_id: str) -> str:
+    return env.client.get_run(run_id).info.status
+
+
+def test_mlflow_run_finished(env, run_experiment):
+    with mlflow_run(run_experiment, "ok", {"k": "v"}) as run:
+        mlflow.log_param("a", 1)
+        assert _status(env, run.info.run_id) == "RUNNING"
+    assert mlflow.active_run() is None
+    got = env.client.get_run(run.info.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.info.run_name == "ok" and got.data.tags["k"] == "v"
+    assert got.info.experiment_id == run_experiment
+
+
+def test_mlflow_run_interrupted_is_killed(env, run_experiment):
+    with pytest.raises(KeyboardInterrupt):
+        with mlflow_run(run_experiment, "interrupted", {}) as run:
+            raise KeyboardInterrupt
+    assert mlflow.active_run() is None
+    assert _status(env, run.info.run_id) == "KILLED"
+
+
+def test_mlflow_run_error_is_failed(env, run_experiment):
+    with pytest.raises(ValueError, match="boom"):
+        with mlflow_run(run_experiment, "broken", {}) as run:
+            raise ValueError("boom")
+    assert mlflow.active_run() is None
+    assert _status(env, run.info.run_id) == "FAILED"
+
+
+def test_mlflow_run_reuses_a_launcher_run_in_the_same_experiment(env, run_experiment, monkeypatch):
+    launcher = env.client.create_run(run_experiment)
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
+    with mlflow_run(run_experiment, "launched", {}) as run:
+        pass
+    assert run.info.run_id == launcher.info.run_id
+    assert _status(env, launcher.info.run_id) == "FINISHED"
+
+
+def test_mlflow_run_launcher_in_another_experiment_points_at_the_training_run(env, run_experiment, monkeypatch):
+    launcher = env.client.create_run("0")  # `mlflow run` without --experiment-name: Default
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
+    with mlflow_run(run_experiment, "elsewhere", {}) as run:
+        assert "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ
+    assert run.info.run_id != launcher.info.run_id
+    assert run.info.experiment_id == run_experiment
+    assert _status(env, run.info.run_id) == "FINISHED"
+    assert env.client.get_run(launcher.info.run_id).data.tags["pipeline.training_run"] == run.info.run_id
