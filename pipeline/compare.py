@@ -293,9 +293,13 @@ def _publish(staging: Path, reports: Path) -> None:
         os.replace(item, reports / item.name)
 
 
-def log_summary_run(experiment_id: str, table: pd.DataFrame, sig: pd.DataFrame, reports: Path, run_ids: list[str]) -> str:
+def log_summary_run(uri: str, experiment_id: str, table: pd.DataFrame, sig: pd.DataFrame, reports: Path,
+                    run_ids: list[str]) -> str:
     import mlflow
 
+    # The store the runs were read from, not MLflow's cwd-relative default (a temporary
+    # copy's empty mlflow.db under `dvc exp run --temp`).
+    mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name="comparison",
                           tags={"pipeline.kind": "comparison", "pipeline.runs": " ".join(run_ids),
                                 "mlflow.note.content": (reports / "comparison.md").read_text()}) as run:
@@ -354,7 +358,7 @@ def compare(params_path: Path = paths.PARAMS, results: Path = paths.RESULTS, rep
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     experiment_id = str(next(iter(records.values()))["experiment_id"])
-    summary_id = log_summary_run(experiment_id, table, sig, reports, [r.run_id for r in runs.values()])
+    summary_id = log_summary_run(uri, experiment_id, table, sig, reports, [r.run_id for r in runs.values()])
     print((reports / "comparison.md").read_text())
     print(f"report: {reports / 'comparison.md'}; MLflow summary run {summary_id}")
     return table

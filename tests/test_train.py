@@ -52,7 +52,6 @@ def env(tmp_path_factory, prepared_fixture):
     uri = f"sqlite:///{root}/mlflow.db"
     params_path = root / "params.yaml"
     params_path.write_text(yaml.safe_dump(tiny_params(train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT)))
-    previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "DVC_ROOT", "DVC_EXP_NAME"):
@@ -63,7 +62,9 @@ def env(tmp_path_factory, prepared_fixture):
         tracking.prepare_experiment(EXPERIMENT)  # the store exists before any test counts its runs
         yield Env(root, uri, params_path, prepared_fixture, mlflow.MlflowClient(uri))
         assert mlflow.active_run() is None
-    mlflow.set_tracking_uri(previous)
+        # Unset rather than restore: restoring the resolved default would pin it into the
+        # environment for later tests and point them at the project's real store.
+        mlflow.set_tracking_uri(None)
 
 
 @dataclasses.dataclass

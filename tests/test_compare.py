@@ -1,0 +1,514 @@
+"""The compare stage against runs logged by the real training code.
+
+A temporary SQLite store gets tiny real trainings (300 train / 200 test images, 1 epoch,
+diagnostics every optimizer step) of three variants; records are written the way the DVC
+train stages write them. The report's numbers are checked against the runs read back
+independently through MLflow, and its refusals (stale, failed, missing, inconsistent
+runs) one by one. Trainings are shared through module-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats as sps
+
+from conftest import tiny_params
+from pipeline import stats
+from pipeline.compare import compare
+from pipeline.config import UserError
+from pipeline.train import train
+
+TRAIN_LIMIT, TEST_LIMIT = 300, 200
+EXPERIMENT = "test-study"
+VARIANTS = ["plain", "bn_hidden", "dropout"]
+# bn_all is not trained here: its pair must be dropped, not fail.
+PAIRS = [["bn_hidden", "dropout"], ["bn_hidden", "bn_all"]]
+EXPECTED_PAIRS = [("bn_hidden", "dropout"), ("bn_hidden", "plain"), ("dropout", "plain")]
+FIGURES = {"curves.png", "accuracy.png", "bn_parameters.png", "covariate_shift.png", "coadaptation.png",
+           "variance_shift.png"}
+PNG = b"\x89PNG\r\n\x1a\n"
+COMPARISON_FILTER = "tags.`pipeline.kind` = 'comparison'"
+
+slow = pytest.mark.slow
+
+
+def study_params(variants: list[str], seeds: list[int], pairs: list) -> dict:
+    params = tiny_params(train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT)
+    params["variants"] = {v: params["variants"][v] for v in variants}
+    params["seeds"] = list(seeds)
+    params["compare"]["pairs"] = pairs
+    params["diagnostics"].update({"enabled": True, "probe_size": 64, "every_n_batches": 1,
+                                  "variance_shift_images": TEST_LIMIT})
+    return params
+
+
+@dataclasses.dataclass
+class Study:
+    root: Path
+    uri: str
+    params_path: Path
+    params: dict
+    prepared: Path
+    results: Path
+    client: mlflow.MlflowClient
+    experiment_id: str
+    records: dict[str, dict]      # variant -> the seed-0 record
+    stale_run_id: str             # a newer plain-s0 run that no record names
+
+    def train(self, variant: str, seed: int = 0, **kw) -> dict:
+        kw.setdefault("params_path", self.params_path)
+        return train(variant, seed, prepared=self.prepared, **kw)
+
+    def comparison_runs(self) -> set[str]:
+        return {r.info.run_id for r in self.client.search_runs([self.experiment_id], COMPARISON_FILTER)}
+
+    def predictions(self, run_id: str) -> pd.DataFrame:
+        dst = self.root / "downloads" / run_id
+        if not (dst / "predictions.csv").exists():
+            dst.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.csv", dst_path=str(dst),
+                                                tracking_uri=self.uri)
+        return pd.read_csv(dst / "predictions.csv")
+
+    def results_copy(self, dest: Path) -> Path:
+        shutil.copytree(self.results, dest)
+        return dest
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, prepared_fixture):
+    root = tmp_path_factory.mktemp("compare")
+    uri = f"sqlite:///{root}/mlflow.db"
+    params = study_params(VARIANTS, [0], PAIRS)
+    params_path = root / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "DVC_ROOT", "DVC_EXP_NAME"):
+            mp.delenv(var, raising=False)
+        mp.chdir(root)  # nothing may fall back to a store in the real project
+        results = root / "results"
+        records = {}
+        for v in VARIANTS:
+            records[v] = train(v, 0, record_dir=results / f"{v}-s0", dvc_stage=f"train@{v}-0",
+                               params_path=params_path, prepared=prepared_fixture)
+        # The same stage rerun by hand, without a record: newer, and different (fewer images).
+        stale = train("plain", 0, overrides={"train_limit": 100}, params_path=params_path, prepared=prepared_fixture)
+        client = mlflow.MlflowClient(uri)
+        yield Study(root, uri, params_path, params, prepared_fixture, results, client,
+                    records["plain"]["experiment_id"], records, stale["run_id"])
+        assert mlflow.active_run() is None
+        # Forget this store (set_tracking_uri also writes MLFLOW_TRACKING_URI, which the
+        # monkeypatch then restores): later tests see MLflow as they found it.
+        mlflow.set_tracking_uri(None)
+
+
+@dataclasses.dataclass
+class Report:
+    table: pd.DataFrame
+    dir: Path
+    summary: object              # the comparison run
+    significance: pd.DataFrame   # its significance table, as logged
+    md: str
+    metrics: dict
+
+
+def _report(study: Study, params_path: Path, results: Path, reports: Path) -> Report:
+    before = study.comparison_runs()
+    table = compare(params_path, results, reports)
+    new = study.comparison_runs() - before
+    assert len(new) == 1, new
+    summary = study.client.get_run(new.pop())
+    sig = study.client.load_table(study.experiment_id, "significance_table.json", run_ids=[summary.info.run_id])
+    return Report(table, reports, summary, sig, (reports / "comparison.md").read_text(),
+                  json.loads((reports / "metrics.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def report(study) -> Report:
+    return _report(study, study.params_path, study.results, study.root / "reports")
+
+
+def _row(table: pd.DataFrame, variant: str):
+    rows = table[table["variant"] == variant]
+    assert len(rows) == 1, variant
+    return rows.iloc[0]
+
+
+def _results_section(md: str) -> str:
+    return md.split("## Results")[1].split("## Which differences are real")[0]
+
+
+def _md_row(md: str, prefix: str) -> list[str]:
+    lines = [line for line in md.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, (prefix, lines)
+    return [cell.strip() for cell in lines[0].strip("|").split("|")]
+
+
+def _correct(study: Study, run_id: str) -> np.ndarray:
+    return study.predictions(run_id)["correct"].to_numpy().astype(bool)
+
+
+# --- the table -------------------------------------------------------------------------------
+
+
+@slow
+def test_table_numbers_are_the_recorded_runs(study, report):
+    for v in VARIANTS:
+        run_id = study.records[v]["run_id"]
+        run = study.client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.info.run_name == f"{v}-s0"
+        row = _row(report.table, v)
+        assert row["run_ids"] == run_id
+        assert row["n_seeds"] == 1
+        assert row["test_accuracy_mean"] == run.data.metrics["test_accuracy"]
+        assert row["test_loss_mean"] == run.data.metrics["test_loss"]
+        assert row["test_accuracy_std"] == 0 and row["test_loss_std"] == 0
+        assert row["train_seconds_mean"] == run.data.metrics["train_seconds"]
+        assert row["parameters"] == int(run.data.params["model.params_total"])
+    assert _row(report.table, "plain")["parameters"] == 545_546
+    assert _row(report.table, "bn_hidden")["changes"].startswith("BN on hidden")
+
+
+@slow
+def test_table_has_one_row_per_variant_sorted_by_accuracy(report):
+    assert sorted(report.table["variant"]) == sorted(VARIANTS)
+    acc = report.table["test_accuracy_mean"].tolist()
+    assert acc == sorted(acc, reverse=True)
+    assert len(set(acc)) > 1  # the order is not vacuous
+
+
+@slow
+def test_notebook_reference_columns_come_from_params(study, report):
+    reference = study.params["compare"]["reference"]
+    for v in ("bn_hidden", "dropout"):
+        row = _row(report.table, v)
+        assert row["notebook_loss"] == reference[v]["loss"]
+        assert row["notebook_accuracy"] == reference[v]["accuracy"]
+    plain = _row(report.table, "plain")
+    assert math.isnan(plain["notebook_loss"]) and math.isnan(plain["notebook_accuracy"])
+
+
+@slow
+def test_wilson_interval_from_the_predictions_artifact(study, report):
+    for v in VARIANTS:
+        correct = _correct(study, study.records[v]["run_id"])
+        assert len(correct) == TEST_LIMIT
+        assert correct.mean() == pytest.approx(study.records[v]["test_accuracy"], abs=1e-6)
+        row = _row(report.table, v)
+        lo, hi = stats.wilson_interval(int(correct.sum()), len(correct), 0.95)
+        assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx((lo, hi), rel=1e-12)
+        assert row["accuracy_ci_low"] < row["test_accuracy_mean"] < row["accuracy_ci_high"]
+        assert row["ci_method"] == f"Wilson, {TEST_LIMIT} test images"
+
+
+# --- the report files ------------------------------------------------------------------------
+
+
+@slow
+def test_csv_equals_the_returned_table(report):
+    csv = pd.read_csv(report.dir / "comparison.csv")
+    pd.testing.assert_frame_equal(csv, report.table, check_dtype=False, check_exact=False, rtol=1e-12)
+
+
+@slow
+def test_markdown_has_every_variant_and_every_verdict(study, report):
+    md = report.md
+    assert md.startswith("# LeNet-5 on MNIST")
+    for r in report.table.itertuples():
+        cells = _md_row(_results_section(md), f"| {r.variant} | ")
+        assert cells[1] == r.changes
+        assert cells[4] == f"{r.test_loss_mean:.4f}" and cells[5] == f"{r.test_accuracy_mean:.4f}"
+        assert cells[6].startswith(f"{r.accuracy_ci_low:.4f}–{r.accuracy_ci_high:.4f}")
+        assert cells[8] == f"{r.train_seconds_mean:.0f}" and cells[9] == f"{r.parameters:,}"
+        assert f"{r.variant}: {r.run_ids}" in md
+    assert _md_row(_results_section(md), "| bn_hidden | ")[3] == "0.9875"
+    assert _md_row(_results_section(md), "| plain | ")[3] == "–"
+    verdicts = [line[2:] for line in md.splitlines() if line.startswith("- ") and " vs " in line and " pp, p = " in line]
+    assert [tuple(v.split(":")[0].split(" vs ")) for v in verdicts] == EXPECTED_PAIRS
+    for v in verdicts:
+        assert re.fullmatch(r"\w+ vs \w+: [+-]\d+\.\d\d pp, p = \S+ — (not distinguishable|\w+ is better)", v), v
+    assert verdicts == report.significance["verdict"].tolist()
+    assert "bn_all" not in md.split("## Which differences are real")[1].split("## Figures")[0]
+    assert "McNemar's exact test" in md
+    for name in FIGURES:
+        assert f"(figures/{name})" in md
+
+
+@slow
+def test_metrics_json_equals_the_table(report):
+    m = report.metrics
+    for r in report.table.itertuples():
+        assert m[r.variant] == {"test_accuracy": round(r.test_accuracy_mean, 6),
+                                "test_loss": round(r.test_loss_mean, 6), "n_seeds": 1}
+    acc = dict(zip(report.table["variant"], report.table["test_accuracy_mean"]))
+    assert sorted(m["significance"]) == sorted(f"{a}_vs_{b}" for a, b in EXPECTED_PAIRS)
+    for a, b in EXPECTED_PAIRS:
+        assert m["significance"][f"{a}_vs_{b}"]["diff_pp"] == pytest.approx(100 * (acc[a] - acc[b]), abs=1e-4)
+    assert sorted(m["diagnostics"]["coadaptation_fc1"]) == sorted(VARIANTS)
+    assert sorted(m["diagnostics"]["variance_shift_mean"]) == ["bn_hidden"]  # the only variant with BN
+
+
+@slow
+def test_figures_are_non_empty_pngs(report):
+    figures = report.dir / "figures"
+    assert {p.name for p in figures.iterdir()} == FIGURES
+    for name in FIGURES:
+        data = (figures / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, name
+    assert not [p for p in report.dir.iterdir() if p.name.startswith(".compare-")]  # staging cleaned up
+
+
+# --- the significance table ------------------------------------------------------------------
+
+
+@slow
+def test_mcnemar_counts_are_the_predictions(study, report):
+    sig = report.significance
+    assert list(zip(sig["a"], sig["b"])) == EXPECTED_PAIRS
+    for r in sig.itertuples():
+        a = _correct(study, study.records[r.a]["run_id"])
+        b = _correct(study, study.records[r.b]["run_id"])
+        only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+        assert (r.only_a_right, r.only_b_right) == (only_a, only_b)
+        p = sps.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        assert r.mcnemar_p == pytest.approx(p, rel=1e-6, abs=1e-9)
+        assert r.test == "McNemar (exact)" and math.isnan(r.seed_t_p)
+        assert r.p == r.mcnemar_p
+        assert r.diff_pp == pytest.approx(100 * (a.mean() - b.mean()), abs=1e-4)
+        cells = _md_row(report.md, f"| {r.a} vs {r.b} | ")
+        assert cells[1] == f"{r.diff_pp:+.2f}"
+        assert (int(cells[2]), int(cells[3])) == (only_a, only_b)
+        assert cells[5] == "–"
+    assert sig["p_holm"].tolist() == pytest.approx(stats.holm(sig["p"].tolist()), rel=1e-6, abs=1e-9)
+    for r in sig.itertuples():  # the logged p-values are rounded to 10 decimals: compare the call
+        assert r.verdict.startswith(f"{r.a} vs {r.b}: {r.diff_pp:+.2f} pp, p = ")
+        assert r.verdict.split(" — ")[1] == stats.verdict(r.a, r.b, r.diff_pp, r.p_holm, 0.05).split(" — ")[1]
+    assert any(v.endswith(" is better") for v in sig["verdict"])  # 200 images do separate some variants
+
+
+# --- which runs ------------------------------------------------------------------------------
+
+
+@slow
+def test_a_newer_run_of_the_same_stage_does_not_replace_the_recorded_one(study, report):
+    recorded = study.client.get_run(study.records["plain"]["run_id"])
+    stale = study.client.get_run(study.stale_run_id)
+    assert stale.info.run_name == "plain-s0" and stale.info.status == "FINISHED"
+    assert stale.info.start_time > recorded.info.start_time
+    assert stale.data.metrics["test_loss"] != recorded.data.metrics["test_loss"]
+    row = _row(report.table, "plain")
+    assert row["run_ids"] == recorded.info.run_id
+    assert row["test_loss_mean"] == recorded.data.metrics["test_loss"]
+    assert study.stale_run_id not in report.md
+    assert study.stale_run_id not in report.summary.data.tags["pipeline.runs"]
+
+
+@slow
+@pytest.mark.parametrize("status", ["FAILED", "KILLED", "RUNNING"])
+def test_a_record_naming_an_unfinished_run_is_refused(study, tmp_path, status):
+    run = study.client.create_run(study.experiment_id, run_name="bn_hidden-s0", tags={"variant": "bn_hidden"})
+    run_id = run.info.run_id
+    for key in ("test_accuracy", "test_loss", "train_seconds"):  # it looks complete, but is not FINISHED
+        study.client.log_metric(run_id, key, study.records["bn_hidden"][key])
+    if status != "RUNNING":  # RUNNING: the orphan `mlflow run` without conda leaves
+        study.client.set_terminated(run_id, status)
+    assert study.client.get_run(run_id).info.status == status
+    results = study.results_copy(tmp_path / "results")
+    record_path = results / "bn_hidden-s0" / "record.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "run_id": run_id}))
+    before = study.comparison_runs()
+    with pytest.raises(UserError) as exc:
+        compare(study.params_path, results, tmp_path / "reports")
+    message = str(exc.value)
+    assert f"run {run_id} (bn_hidden-s0) is {status}, not FINISHED" in message
+    assert "`dvc repro -f train@bn_hidden-0`" in message
+    assert not (tmp_path / "reports").exists()
+    assert study.comparison_runs() == before
+
+
+@slow
+def test_a_missing_record_names_the_stage_to_run(study, tmp_path):
+    results = study.results_copy(tmp_path / "results")
+    (results / "dropout-s0" / "record.json").unlink()
+    with pytest.raises(UserError) as exc:
+        compare(study.params_path, results, tmp_path / "reports")
+    assert "results/dropout-s0/record.json" in str(exc.value)
+    assert "`dvc repro train@dropout-0`" in str(exc.value)
+    assert not (tmp_path / "reports").exists()
+
+
+@slow
+def test_a_record_disagreeing_with_its_run_is_refused(study, tmp_path):
+    results = study.results_copy(tmp_path / "results")
+    record_path = results / "bn_hidden-s0" / "record.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "test_accuracy": record["test_accuracy"] + 0.005}))
+    with pytest.raises(UserError) as exc:
+        compare(study.params_path, results, tmp_path / "reports")
+    message = str(exc.value)
+    assert "bn_hidden-s0: record says test_accuracy" in message
+    assert study.records["bn_hidden"]["run_id"] in message
+    assert "`dvc repro -f train@bn_hidden-0`" in message
+
+
+@slow
+def test_a_record_naming_a_run_not_in_the_store_is_refused(study, tmp_path):
+    results = study.results_copy(tmp_path / "results")
+    record_path = results / "dropout-s0" / "record.json"
+    record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "run_id": "0" * 32}))
+    with pytest.raises(UserError, match=r"run 0{32} \(dropout-s0\) is not in the MLflow store.*train@dropout-0"):
+        compare(study.params_path, results, tmp_path / "reports")
+
+
+def _fake_records(results: Path, variants: list[str]) -> None:
+    for i, v in enumerate(variants):
+        (results / f"{v}-s0").mkdir(parents=True)
+        (results / f"{v}-s0" / "record.json").write_text(json.dumps(
+            {"run_id": f"{i:032x}", "experiment_id": "1", "variant": v, "seed": 0, "test_accuracy": 0.5}))
+
+
+def test_no_records_at_all_names_the_first_stage(tmp_path):
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(study_params(VARIANTS, [0], PAIRS), sort_keys=False))
+    with pytest.raises(UserError, match=r"no training record results/plain-s0/record\.json; "
+                                        r"run `dvc repro train@plain-0` \(or `dvc repro` for the whole study\)"):
+        compare(params_path, tmp_path / "results", tmp_path / "reports")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_missing_store_says_to_run_the_pipeline(tmp_path, monkeypatch):
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(study_params(VARIANTS, [0], PAIRS), sort_keys=False))
+    _fake_records(tmp_path / "results", VARIANTS)
+    db = tmp_path / "nowhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    with pytest.raises(UserError) as exc:
+        compare(params_path, tmp_path / "results", tmp_path / "reports")
+    assert f"no MLflow store at {db}" in str(exc.value)
+    assert "run `dvc repro`" in str(exc.value)
+    assert not db.exists()  # looking did not create an empty store
+    assert not (tmp_path / "reports").exists()
+
+
+# --- the summary run -------------------------------------------------------------------------
+
+
+@slow
+def test_summary_run_holds_the_table(study, report):
+    run = report.summary
+    assert run.info.run_name == "comparison" and run.info.status == "FINISHED"
+    assert run.info.experiment_id == study.experiment_id
+    assert study.client.get_experiment(run.info.experiment_id).name == EXPERIMENT
+    assert run.data.tags["pipeline.kind"] == "comparison"
+    assert sorted(run.data.tags["pipeline.runs"].split()) == sorted(r["run_id"] for r in study.records.values())
+    assert run.data.tags["mlflow.note.content"] == report.md
+    top = {a.path for a in study.client.list_artifacts(run.info.run_id)}
+    assert {"comparison_table.json", "significance_table.json", "comparison.md", "comparison.csv", "figures"} <= top
+    logged_figures = {Path(a.path).name for a in study.client.list_artifacts(run.info.run_id, "figures")}
+    assert logged_figures == FIGURES
+    logged = study.client.load_table(study.experiment_id, "comparison_table.json", run_ids=[run.info.run_id])
+    assert logged["variant"].tolist() == report.table["variant"].tolist()
+    assert logged["run_ids"].tolist() == report.table["run_ids"].tolist()
+    np.testing.assert_allclose(logged["test_accuracy_mean"], report.table["test_accuracy_mean"], rtol=1e-9)
+    for r in report.table.itertuples():
+        assert run.data.metrics[f"{r.variant}.test_accuracy_mean"] == pytest.approx(r.test_accuracy_mean)
+
+
+@slow
+def test_summary_run_goes_to_the_store_the_runs_came_from(study, tmp_path, monkeypatch):
+    """Under `dvc exp run --temp`: no MLFLOW_TRACKING_URI, DVC_ROOT names the real repository,
+    and the stage runs in a temporary copy, where MLflow's default store would be a new one."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(study.root))
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(None)  # MLflow's own default: sqlite:///<cwd>/mlflow.db
+    before = study.comparison_runs()
+    compare(study.params_path, study.results, tmp_path / "reports")
+    assert len(study.comparison_runs() - before) == 1
+    assert not (tmp_path / "mlflow.db").exists()
+    assert (tmp_path / "reports" / "comparison.md").exists()
+
+
+# --- several seeds ---------------------------------------------------------------------------
+
+SEED_VARIANTS = ["plain", "bn_hidden"]
+SEEDS = [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def seeds_report(study) -> tuple[Report, dict]:
+    params_path = study.root / "params-3-seeds.yaml"
+    params_path.write_text(yaml.safe_dump(study_params(SEED_VARIANTS, SEEDS, []), sort_keys=False))
+    results = study.root / "results-3-seeds"
+    records = {}
+    for v in SEED_VARIANTS:
+        shutil.copytree(study.results / f"{v}-s0", results / f"{v}-s0")  # same train settings: reuse seed 0
+        records[(v, 0)] = study.records[v]
+        for s in SEEDS[1:]:
+            records[(v, s)] = study.train(v, s, record_dir=results / f"{v}-s{s}", dvc_stage=f"train@{v}-{s}",
+                                          params_path=params_path)
+    return _report(study, params_path, results, study.root / "reports-3-seeds"), records
+
+
+@slow
+def test_three_seeds_table_has_mean_and_std(study, seeds_report):
+    report, records = seeds_report
+    assert sorted(report.table["variant"]) == sorted(SEED_VARIANTS)
+    for v in SEED_VARIANTS:
+        runs = [study.client.get_run(records[(v, s)]["run_id"]) for s in SEEDS]
+        acc = [r.data.metrics["test_accuracy"] for r in runs]
+        loss = [r.data.metrics["test_loss"] for r in runs]
+        assert [r.info.run_name for r in runs] == [f"{v}-s{s}" for s in SEEDS]
+        row = _row(report.table, v)
+        assert row["n_seeds"] == 3
+        assert row["run_ids"] == " ".join(r.info.run_id for r in runs)
+        assert row["test_accuracy_mean"] == pytest.approx(np.mean(acc), rel=1e-12)
+        assert row["test_accuracy_std"] == pytest.approx(np.std(acc, ddof=1), rel=1e-9)
+        assert row["test_loss_mean"] == pytest.approx(np.mean(loss), rel=1e-12)
+        assert row["test_loss_std"] == pytest.approx(np.std(loss, ddof=1), rel=1e-9)
+        assert row["test_loss_std"] > 0  # the seeds really differ
+        assert row["train_seconds_mean"] == pytest.approx(np.mean([r.data.metrics["train_seconds"] for r in runs]))
+        ci = sps.t.interval(0.95, 2, loc=np.mean(acc), scale=sps.sem(acc))
+        assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx(ci, rel=1e-9)
+        assert row["ci_method"] == "t across 3 seeds"
+        cells = _md_row(_results_section(report.md), f"| {v} | ")
+        assert cells[4] == f"{row['test_loss_mean']:.4f} ± {row['test_loss_std']:.4f}"
+        assert cells[5] == f"{row['test_accuracy_mean']:.4f} ± {row['test_accuracy_std']:.4f}"
+        assert cells[7] == "3"
+        assert report.metrics[v]["n_seeds"] == 3
+    assert "Seeds: 0, 1, 2." in report.md
+
+
+@slow
+def test_three_seeds_verdict_uses_the_paired_t_test(study, seeds_report):
+    report, records = seeds_report
+    sig = report.significance
+    assert list(zip(sig["a"], sig["b"])) == [("bn_hidden", "plain")]
+    r = sig.iloc[0]
+    acc_bn = [records[("bn_hidden", s)]["test_accuracy"] for s in SEEDS]
+    acc_plain = [records[("plain", s)]["test_accuracy"] for s in SEEDS]
+    expected = sps.ttest_rel(acc_bn, acc_plain).pvalue
+    assert not math.isnan(r["seed_t_p"])
+    assert r["seed_t_p"] == pytest.approx(expected, rel=1e-6)
+    assert r["p"] == r["seed_t_p"] and r["p_holm"] == pytest.approx(r["p"])  # one comparison: nothing to adjust
+    assert r["test"] == "paired t across seeds"
+    assert r["diff_pp"] == pytest.approx(100 * (np.mean(acc_bn) - np.mean(acc_plain)), abs=1e-4)
+    cells = _md_row(report.md, "| bn_hidden vs plain | ")
+    p_mcnemar = [stats.mcnemar(_correct(study, records[("bn_hidden", s)]["run_id"]),
+                               _correct(study, records[("plain", s)]["run_id"])).p_value for s in SEEDS]
+    assert cells[4] == " ".join(f"{p:.3g}" for p in p_mcnemar)
+    assert cells[5] == f"{expected:.2g}"
+    assert "paired t-test of test accuracy across seeds" in report.md
