@@ -103,7 +103,8 @@ def fetch_file(name: str, sha256: str, srcs: list[str], raw_dir: Path) -> Path:
             log.warning("%s: %s failed: %s", name, source, reason)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-    raise UserError(f"could not get a verified copy of {name}; tried {len(tried)} source(s):\n  - " + "\n  - ".join(tried))
+    # One line, like every UserError: a log collector or `dvc repro`'s summary shows it whole.
+    raise UserError(f"could not get a verified copy of {name}; tried {len(tried)} source(s): " + "; ".join(tried))
 
 
 def download(cfg: dict, raw_dir: Path = paths.RAW) -> list[Path]:

@@ -15,6 +15,7 @@ matrix, model summary, diagnostics, and the Keras model; with ``--record DIR`` a
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,7 +31,8 @@ import numpy as np
 
 from pipeline import paths, tracking
 from pipeline.config import (DiagnosticsConfig, TrainConfig, UserError, VariantSpec, diagnostics_config,
-                             load_params, run_main, section, train_config, variant_spec)
+                             load_params, run_main, section, seeds as read_seeds, train_config, variant_names,
+                             variant_spec)
 
 log = logging.getLogger("pipeline.train")
 
@@ -180,13 +183,26 @@ def mlflow_run(experiment_id: str, run_name: str, tags: dict):
                        "Pass --experiment-name to `mlflow run` to log it here instead.")
     try:
         yield run
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _release_store(exc)
         mlflow.end_run(status="KILLED")
         raise
-    except BaseException:
+    except BaseException as exc:
+        _release_store(exc)
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
+
+
+def _release_store(exc: BaseException) -> None:
+    """Free what an interrupted MLflow call left in the frames of ``exc``'s traceback.
+
+    A signal that lands inside a call on a SQLite store can leave an open statement there,
+    and with it the store's write lock, held by this very process: ending the run would then
+    wait for MLflow's 20 s busy timeout, fail, and leave the run RUNNING.
+    """
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
 
 
 def _epoch_logger(x_test, y_test_onehot, batch_size: int, history: list[dict]):
@@ -318,6 +334,11 @@ def train(variant: str, seed: int, overrides: dict | None = None, record_dir: Pa
           dvc_stage: str = "", params_path: Path = paths.PARAMS, prepared: Path | None = None) -> dict:
     params = load_params(params_path)
     spec = variant_spec(params, variant)
+    # The whole study's settings, not only this stage's: under `dvc repro` a broken variant or
+    # seed list then stops the first training, not a later one after others have trained.
+    for name in variant_names(params):
+        variant_spec(params, name)
+    read_seeds(params)
     cfg = train_config(params, overrides)
     diag_cfg = diagnostics_config(params)
     if seed < 0:
