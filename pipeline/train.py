@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -187,21 +186,27 @@ def mlflow_run(experiment_id: str, run_name: str, tags: dict):
         _release_store(exc)
         mlflow.end_run(status="KILLED")
         raise
-    except BaseException as exc:
-        _release_store(exc)
+    except BaseException:
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
 
 
 def _release_store(exc: BaseException) -> None:
-    """Free what an interrupted MLflow call left in the frames of ``exc``'s traceback.
+    """Drop the frames an interrupt left behind, and with them any half-read SQLite cursor.
 
-    A signal that lands inside a call on a SQLite store can leave an open statement there,
-    and with it the store's write lock, held by this very process: ending the run would then
-    wait for MLflow's 20 s busy timeout, fail, and leave the run RUNNING.
+    A signal that lands inside an MLflow call on a SQLite store can leave a statement open in
+    those frames; its lock, held by this very process, would make ending the run wait out
+    MLflow's 20 s busy timeout and fail, leaving the run RUNNING. An interrupt's traceback
+    is never shown (``run_main`` prints one line), so nothing is lost.
     """
-    traceback.clear_frames(exc.__traceback__)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            tb.tb_next, tb = None, tb.tb_next
+        exc = exc.__context__
     gc.collect()
 
 
