@@ -307,8 +307,8 @@ class Diagnostics:
         if not steps or steps[-1] < self.monitor._done:
             self.monitor.record(self.monitor._done)  # the end of training is a checkpoint too
         final_coad = diagnostics.coadaptation(self.model, self.probe_x)
-        shift = diagnostics.variance_shift(self.model, self.variance_x)
-        ratios = diagnostics.variance_ratios(self.model, self.variance_x)
+        ratios = diagnostics.variance_ratios(self.model, self.variance_x)  # one pass, batched
+        shift = diagnostics.shift_from_ratios(ratios)
         summary = {
             "probe_size": len(self.probe_x), "every_n_batches": self.cfg.every_n_batches,
             "drift": diagnostics.drift_summary(self.monitor.history),

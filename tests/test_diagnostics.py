@@ -122,3 +122,18 @@ def test_covariate_shift_monitor_records_during_fit(tmp_path):
 
     png = dg.plot_percentiles(monitor.history, tmp_path / "fig" / "icf.png", "bn_hidden")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_variance_ratios_in_batches_equal_one_pass():
+    spec = VariantSpec(name="bn_dropout", bn_input=True, bn_hidden=True, dropout_input=0.2, dropout_hidden=0.5)
+    model = build_lenet(spec)
+    x = np.random.default_rng(3).random((53, 28, 28, 1), dtype=np.float32)
+    one_pass = dg.variance_ratios(model, x, batch_size=len(x))
+    batched = dg.variance_ratios(model, x, batch_size=7)  # uneven last batch on purpose
+    assert set(one_pass) == {"input_bn", "conv1_bn", "conv2_bn", "conv3_bn", "fc1_bn"}
+    for name in one_pass:
+        np.testing.assert_allclose(batched[name], one_pass[name], rtol=1e-9)
+    direct = dg.probe_activations(model, x)["fc1_bn"].astype(np.float64).var(axis=0)
+    bn = model.get_layer("fc1_bn")
+    expected = (direct + bn.epsilon) / (bn.moving_variance.numpy().astype(np.float64) + bn.epsilon)
+    np.testing.assert_allclose(one_pass["fc1_bn"], expected, rtol=1e-9)
