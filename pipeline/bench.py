@@ -206,13 +206,14 @@ class Candidate:
     inter_threads: int | None = None
     xla: bool = False
     determinism: bool = True
-    tfdata: bool = False
+    arrays: bool = False
     onednn: bool | None = None
 
     @classmethod
     def parse(cls, text: str) -> "Candidate":
         """``baseline``, or ``+``-joined parts: ``spe=N``, ``threads=INTRAxINTER``, ``xla``
-        (implies ``nodet``), ``nodet`` (op determinism off), ``tfdata``, ``onednn=0|1``."""
+        (implies ``nodet``), ``nodet`` (op determinism off), ``arrays`` (NumPy arrays into ``fit``,
+        Keras' autotuned input pipeline, instead of ``train.batches``), ``onednn=0|1``."""
         c = cls(name=text)
         if text == "baseline":
             return c
@@ -229,15 +230,15 @@ class Candidate:
                     c.xla, c.determinism = True, False
                 elif key == "nodet" and not value:
                     c.determinism = False
-                elif key == "tfdata" and not value:
-                    c.tfdata = True
+                elif key == "arrays" and not value:
+                    c.arrays = True
                 elif key == "onednn" and value in ("0", "1"):
                     c.onednn = value == "1"
                 else:
                     raise ValueError
             except ValueError:
                 raise UserError(f"--candidates: cannot read '{part}' in '{text}'; use baseline or parts like "
-                                "spe=16, threads=2x1, xla, nodet, tfdata, onednn=0 joined with '+'") from None
+                                "spe=16, threads=2x1, xla, nodet, arrays, onednn=0 joined with '+'") from None
         return c
 
 
@@ -282,26 +283,14 @@ def _configure_tf(c: Candidate) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(c.inter_threads)
 
 
-def _patch_fit(timer: _EpochTimer, c: Candidate, seed: int) -> None:
-    """Append the epoch timer to every ``fit``; with ``tfdata`` feed a cached, prefetched dataset."""
+def _patch_fit(timer: _EpochTimer) -> None:
+    """Append the epoch timer to every ``fit``."""
     import keras
-    import numpy as np
 
     original = keras.Model.fit
 
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, shuffle=True,
-            **kwargs):
-        callbacks = [*(callbacks or []), timer.callback]
-        if c.tfdata and isinstance(x, np.ndarray):
-            import tensorflow as tf
-
-            ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
-            if shuffle:
-                ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-            ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-            return original(self, ds, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
-        return original(self, x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks,
-                        shuffle=shuffle, **kwargs)
+    def fit(self, *args, callbacks=None, **kwargs):
+        return original(self, *args, callbacks=[*(callbacks or []), timer.callback], **kwargs)
 
     keras.Model.fit = fit
 
@@ -322,7 +311,7 @@ def _worker_train(spec: dict) -> dict:
     cfg = train_config(params)
     seed = int(spec["seed"])
     timer = _EpochTimer()
-    _patch_fit(timer, c, seed)
+    _patch_fit(timer)
     out: dict[str, Any] = {"mode": spec["mode"], "variant": vspec.name, "candidate": c.name,
                            "batch_size": cfg.batch_size, "epochs": cfg.epochs}
 
@@ -346,6 +335,8 @@ def _worker_train(spec: dict) -> dict:
 
         T.compile_model = compile_model
         T.seed_everything = seed_everything
+        if c.arrays:  # the pipeline's input side before train.batches: Keras' own, autotuned
+            T.fit_inputs = lambda x, y, tc, s: {"x": x, "y": y, "batch_size": tc.batch_size, "shuffle": tc.shuffle}
         started = time.perf_counter()
         record = T.train(vspec.name, seed, params_path=params_path, prepared=prepared)
         out["train_call_seconds"] = time.perf_counter() - started
@@ -1084,7 +1075,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="epochs per throughput run; epoch 1 is the warm-up (default 2)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
     p.add_argument("--candidates", nargs="*", default=[],
-                   help="pipeline speed-ups to try, e.g. baseline spe=16 threads=2x1 xla tfdata onednn=0 spe=16+xla")
+                   help="pipeline speed-ups to try, e.g. baseline spe=16 threads=2x1 xla arrays onednn=0 spe=16+xla")
     p.add_argument("--candidate-variants", nargs="+", help="variants the candidates run on (default: --variants)")
     p.add_argument("--no-dvc", action="store_true", help="skip the dvc repro stage timing")
     p.add_argument("--prepared", type=Path, help="prepared arrays for the throughput runs (default: those the "

@@ -111,6 +111,36 @@ def ensure_prepared(params: dict) -> None:
     normalize(section(params, "normalize"))
 
 
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+    """``(x, y)`` as a ``tf.data`` pipeline of batches: the input side of ``fit`` and ``evaluate``.
+
+    It does what Keras does with NumPy arrays (a new permutation of the indices every
+    epoch, one gather per batch, one batch prefetched), with one difference: tf.data's
+    autotuner is off. Keras sizes its gather and prefetch with ``AUTOTUNE``; on a 2-core
+    machine the autotuner now and then hands the input side a thread that competes with
+    training for a core, and whole epochs then run at about 55% speed (2,900 instead of
+    5,100 images/s for ``bn_hidden``, see ``reports/benchmark.md``). Shuffling is seeded:
+    the same seed gives the same order, and every epoch a new one.
+    """
+    import tensorflow as tf
+
+    n = len(x)
+    xs, ys = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    order = tf.data.Dataset.range(n)
+    if shuffle:
+        order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = order.batch(batch_size).map(lambda i: (tf.gather(xs, i), tf.gather(ys, i))).prefetch(1)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+def fit_inputs(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int) -> dict:
+    """Keyword arguments for ``model.fit`` that feed the training data (shuffled by ``batches``)."""
+    return {"x": batches(x, y, cfg.batch_size, shuffle=cfg.shuffle, seed=seed), "shuffle": False}
+
+
 def compile_model(spec: VariantSpec, cfg: TrainConfig):
     import keras
 
@@ -214,13 +244,14 @@ def _epoch_logger(x_test, y_test_onehot, batch_size: int, history: list[dict]):
     import keras
     import mlflow
 
+    test_batches = batches(x_test, y_test_onehot, max(batch_size, 1000))
+
     class EpochLogger(keras.callbacks.Callback):
         """Test metrics after every epoch, logged with step = epoch (1-based)."""
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            test_loss, test_acc = self.model.evaluate(x_test, y_test_onehot, batch_size=max(batch_size, 1000),
-                                                      verbose=0)
+            test_loss, test_acc = self.model.evaluate(test_batches, verbose=0)
             row = {"epoch": epoch + 1, "train_loss": float(logs["loss"]), "train_accuracy": float(logs["accuracy"]),
                    "test_loss": float(test_loss), "test_accuracy": float(test_acc)}
             history.append(row)
@@ -390,8 +421,8 @@ def train(variant: str, seed: int, overrides: dict | None = None, record_dir: Pa
         print(f"training {run_name}: {spec.describe()}; {counts['total']:,} parameters; "
               f"{len(y_train)} images, {cfg.epochs} epoch(s), run {run.info.run_id}", flush=True)
         start = time.perf_counter()
-        model.fit(data["x_train"], y_train, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=cfg.shuffle,
-                  verbose=0, callbacks=callbacks)
+        model.fit(**fit_inputs(data["x_train"], y_train, cfg, seed), epochs=cfg.epochs, verbose=0,
+                  callbacks=callbacks)
         seconds = time.perf_counter() - start
         # The last epoch's test metrics are the final ones; logging them again (at step 0)
         # would add a spurious point to the per-epoch curves.

@@ -5,27 +5,19 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.bench import FIXTURE_MNIST, fixture_pins  # noqa: F401  (re-exported to the tests)
+from pipeline.bench import project_copy as _bench_project_copy
+
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE_MNIST = ROOT / "tests" / "fixtures" / "mnist"
 VENV_BIN = Path(sys.executable).parent
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def fixture_pins() -> dict[str, str]:
-    pins = {}
-    for line in (FIXTURE_MNIST / "SHA256SUMS").read_text().splitlines():
-        sha, name = line.split()
-        pins[name] = sha
-    return pins
 
 
 def tiny_params(**train_overrides) -> dict:
@@ -56,22 +48,9 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def make_project_copy(dest: Path, params: dict | None = None) -> Path:
-    """A copy of the project's tracked files (no data, no store) as a fresh git + DVC repo."""
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    dest.mkdir(parents=True, exist_ok=True)
-    for rel in files:
-        if rel.startswith(("tests/", "data/", "results/", "reports/", ".ci/")) or rel == "dvc.lock":
-            continue
-        if not (ROOT / rel).exists():
-            continue
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, target)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "copy"], cwd=dest, check=True)
-    return dest
+    """A copy of the project's tracked files (no data, no store) as a fresh git + DVC repo:
+    the benchmark's copy, with the tiny params by default."""
+    return _bench_project_copy(dest, params or tiny_params())
 
 
 @pytest.fixture

@@ -420,3 +420,51 @@ def test_mlflow_run_launcher_in_another_experiment_points_at_the_training_run(en
     assert run.info.experiment_id == run_experiment
     assert _status(env, run.info.run_id) == "FINISHED"
     assert env.client.get_run(launcher.info.run_id).data.tags["pipeline.training_run"] == run.info.run_id
+
+
+# --- The input pipeline ------------------------------------------------------------
+
+
+def _epochs_of(ds, n_epochs: int) -> list[np.ndarray]:
+    """The order of the examples in each of ``n_epochs`` passes over ``ds`` (x holds indices)."""
+    return [np.concatenate([x.numpy().ravel() for x, _ in ds]) for _ in range(n_epochs)]
+
+
+def test_batches_shuffle_every_image_once_per_epoch_new_order_each_epoch():
+    from pipeline.train import batches
+
+    n, bs = 1000, 128
+    x = np.arange(n, dtype=np.float32).reshape(n, 1)
+    y = np.arange(n, dtype=np.int64) % 10
+    ds = batches(x, y, bs, shuffle=True, seed=3)
+    sizes = [len(b[0]) for b in ds]
+    assert sizes == [bs] * (n // bs) + [n % bs]
+    first, second = _epochs_of(ds, 2)
+    assert sorted(first.tolist()) == list(range(n)) and sorted(second.tolist()) == list(range(n))
+    assert not np.array_equal(first, second), "every epoch needs a new order"
+    assert not np.array_equal(first, np.arange(n))
+    for xb, yb in ds.take(2):  # labels travel with their images
+        np.testing.assert_array_equal(yb.numpy(), xb.numpy().ravel().astype(np.int64) % 10)
+
+
+def test_batches_same_seed_same_order_other_seed_other_order():
+    from pipeline.train import batches
+
+    x = np.arange(500, dtype=np.float32).reshape(500, 1)
+    y = np.zeros(500, dtype=np.int64)
+    a = _epochs_of(batches(x, y, 64, shuffle=True, seed=0), 2)
+    b = _epochs_of(batches(x, y, 64, shuffle=True, seed=0), 2)
+    c = _epochs_of(batches(x, y, 64, shuffle=True, seed=1), 2)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_batches_unshuffled_keep_order_and_autotune_is_off():
+    from pipeline.train import batches
+
+    x = np.arange(300, dtype=np.float32).reshape(300, 1)
+    ds = batches(x, np.zeros(300, dtype=np.int64), 100)
+    (order,) = _epochs_of(ds, 1)
+    np.testing.assert_array_equal(order, np.arange(300))
+    assert ds.options().autotune.enabled is False
+    assert ds.options().deterministic is True
