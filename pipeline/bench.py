@@ -917,6 +917,33 @@ def summarize(plan: Plan, runs: dict, cand_runs: dict, hardware: dict, stages: d
 # --- Report ----------------------------------------------------------------------
 
 
+SLOW_EPOCH = 0.7  # an epoch slower than this fraction of the variant's fastest counts as slow
+
+
+def epoch_lines(r: dict) -> list[str]:
+    """Every epoch's images/s, per variant and mode/candidate: shows whether a median hides
+    two speeds (a run's epochs are timed by the same callback in every mode)."""
+    rows = []
+    for variant, t in r["throughput"].items():
+        groups = [(MODE_LABELS[m], ms) for m, ms in t["modes"].items()]
+        groups += [(f"candidate {name}", by_v[variant]) for name, by_v in r["candidates"].items() if variant in by_v]
+        n_train = t["modes"]["bare"]["n_train"]
+        rates = {label: [[n_train / sec for sec in run] for run in g["epoch_seconds"]] for label, g in groups}
+        fastest = max((x for runs in rates.values() for run in runs for x in run), default=0.0)
+        for label, runs in rates.items():
+            steady = [x for run in runs for x in run[1:]]
+            slow = sum(x < SLOW_EPOCH * fastest for x in steady)
+            shown = "; ".join(" ".join(f"{x:,.0f}" for x in run) for run in runs)
+            rows.append(f"| {variant} | {label} | {shown} | {slow} of {len(steady)} |")
+    if not rows:
+        return []
+    return ["", "## Epoch by epoch", "",
+            "images/s of every epoch of every run (runs separated by `;`, the first epoch of each includes "
+            f"tracing). An epoch after the first counts as slow below {SLOW_EPOCH:g} × the fastest epoch of "
+            "that variant in any mode: a median over runs hides such epochs, this table does not.", "",
+            "| variant | mode | images/s per epoch | slow epochs |", "| --- | --- | --- | --- |", *rows]
+
+
 def _g(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -1039,6 +1066,8 @@ def render_markdown(r: dict) -> str:
                          f"{f['train_flops_per_image']:,} | {MODE_LABELS[mode]} | "
                          f"{ms['achieved_flops_per_second'] / 1e9:.2f} | {100 * ms['fraction_of_peak']:.1f}% |")
 
+    lines += epoch_lines(r)
+
     if r["candidates"]:
         lines += ["", "## Candidates (pipeline, diagnostics on)", "",
                   "Same model and math; speed-up relative to `baseline` (the pipeline as shipped, measured in the "
@@ -1085,6 +1114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="before each run, wait up to this long for other processes to leave the CPU (default 0)")
     p.add_argument("--retries", type=int, default=0,
                    help=f"re-run a run during which other processes used >= {QUIET_CORES} cores (default 0)")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="only rewrite the Markdown report of an existing benchmark.json (next to it)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary work directory (logs, stores)")
     return p.parse_args(argv)
 
@@ -1162,7 +1193,20 @@ def main(argv: list[str] | None = None) -> None:
         worker_main(argv[1], argv[2])
         return
     args = parse_args(argv)
+    if args.render:
+        run_main(lambda: render_file(args.render))
+        return
     run_main(lambda: bench(make_plan(args)))
+
+
+def render_file(json_path: Path) -> None:
+    try:
+        result = json.loads(json_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--render: cannot read {json_path}: {e}") from None
+    out = json_path.with_suffix(".md")
+    out.write_text(render_markdown(result))
+    _say(f"wrote {out}")
 
 
 if __name__ == "__main__":

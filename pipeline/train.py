@@ -116,11 +116,11 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = Fa
 
     It does what Keras does with NumPy arrays (a new permutation of the indices every
     epoch, one gather per batch, one batch prefetched), with one difference: tf.data's
-    autotuner is off. Keras sizes its gather and prefetch with ``AUTOTUNE``; on a 2-core
-    machine the autotuner now and then hands the input side a thread that competes with
-    training for a core, and whole epochs then run at about 55% speed (2,900 instead of
-    5,100 images/s for ``bn_hidden``, see ``reports/benchmark.md``). Shuffling is seeded:
-    the same seed gives the same order, and every epoch a new one.
+    autotuner is off, so the input side never sizes itself up against training on a small
+    machine. On 2 cores, Keras' autotuned pipeline ran some whole epochs at about 55% speed
+    (2,900 instead of 5,100 images/s for ``bn_hidden``: 5 of 12 epochs in a probe, 0 of 12
+    with the autotuner off) and its first epoch is slower; see ``reports/benchmark.md``.
+    Shuffling is seeded: the same seed gives the same order, and every epoch a new one.
     """
     import tensorflow as tf
 

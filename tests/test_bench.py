@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import ROOT, subprocess_env
-from pipeline.bench import Candidate, flops_summary, spread, stage_times
+from pipeline.bench import Candidate, epoch_lines, flops_summary, spread, stage_times
 from pipeline.config import UserError, VariantSpec
 from pipeline.model import build_lenet
 
@@ -93,7 +93,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     out = tmp_path / "out"
     env = subprocess_env(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--quick", "--out-dir", str(out),
-                           "--candidates", "spe=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                           "--candidates", "spe=2", "arrays"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not (ROOT / "reports" / "benchmark.json").exists() or \
         json.loads((ROOT / "reports" / "benchmark.json").read_text())["mode"] != "quick"
@@ -143,14 +143,46 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert mem["peak_rss_bytes"] >= mem["train_stage_peak_rss_bytes"] > 100 * 2 ** 20
     assert isinstance(mem["meets_target"], bool)
 
-    assert set(r["candidates"]) == {"baseline", "spe=2"}
+    assert set(r["candidates"]) == {"baseline", "spe=2", "arrays"}
     spe = r["candidates"]["spe=2"]["bn_hidden"]
     assert spe["steps_per_execution"] == 2 and _positive(spe["speedup"]) and _positive(spe["vs_bare_steady"])
     assert _positive(spe["paired_speedup_steady"]["median"]) and spe["paired_speedup_steady"]["n"] == 1
     # two steps per execution is the same sequence of SGD updates: the same weights
     assert spe["same_weights_as_baseline"] is True
 
+    # NumPy arrays into fit: Keras shuffles its own way, so other weights, but it ran
+    arrays = r["candidates"]["arrays"]["bn_hidden"]
+    assert _positive(arrays["speedup"]) and arrays["same_weights_as_baseline"] is False
+
     md = (out / "benchmark.md").read_text()
-    for heading in ("## Throughput", "## Stage times", "## Memory", "## Hardware limit", "## Candidates"):
+    for heading in ("## Throughput", "## Stage times", "## Memory", "## Hardware limit", "## Epoch by epoch",
+                    "## Candidates"):
         assert heading in md
     assert "Quick mode" in md and "8,556,560" in md and "| train@bn_hidden-0 |" in md
+    assert "| bn_hidden | candidate arrays |" in md
+
+    (out / "benchmark.md").unlink()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--render", str(out / "benchmark.json")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "benchmark.md").read_text() == md
+
+
+def test_epoch_table_counts_slow_epochs():
+    def mode(epoch_seconds):
+        return {"n_train": 1000, "epoch_seconds": epoch_seconds}
+
+    r = {"throughput": {"v": {"modes": {"bare": mode([[1.0, 2.0], [1.0, 1.0]]),
+                                        "pipeline": mode([[1.5, 1.1], [1.0, 1.5]])}}},
+         "candidates": {"spe=2": {"v": mode([[1.0, 1.0]])}}}
+    rows = [line for line in epoch_lines(r) if line.startswith("| v |")]
+    # fastest epoch 1,000 images/s; slow below 700 (2.0 s = 500/s, 1.5 s = 667/s; 1.1 s = 909/s is not)
+    assert rows == ["| v | bare Keras (notebook way) | 1,000 500; 1,000 1,000 | 1 of 2 |",
+                    "| v | pipeline, diagnostics on (as shipped) | 667 909; 1,000 667 | 1 of 2 |",
+                    "| v | candidate spe=2 | 1,000 1,000 | 0 of 1 |"]
+
+
+def test_render_of_a_missing_file_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--render", str(tmp_path / "nope.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--render: cannot read" in proc.stderr and "nope.json" in proc.stderr
