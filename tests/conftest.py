@@ -13,8 +13,8 @@ import yaml
 
 from pipeline.bench import FIXTURE_MNIST, fixture_pins  # noqa: F401  (re-exported to the tests)
 from pipeline.bench import project_copy as _bench_project_copy
+from pipeline.paths import ROOT  # noqa: F401  (re-exported to the tests)
 
-ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
