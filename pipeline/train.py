@@ -36,6 +36,7 @@ from pipeline.config import (DiagnosticsConfig, TrainConfig, UserError, VariantS
 log = logging.getLogger("pipeline.train")
 
 METRIC_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+COADAPTATION_LAYER = "fc1_tanh"  # the Dense(84) units after tanh
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -315,17 +316,14 @@ class Diagnostics:
         self.model = model
         self.probe_x = x_test[-min(cfg.probe_size, len(x_test)):]
         self.variance_x = x_test[:min(cfg.variance_shift_images, len(x_test))]
-        self.coadaptation: list[tuple[int, float]] = []
-        self.monitor = diagnostics.CovariateShiftMonitor(self.probe_x, cfg.every_n_batches, self._on_record)
+        self.monitor = diagnostics.CovariateShiftMonitor(self.probe_x, cfg.every_n_batches, self._on_record,
+                                                         coadaptation_layer=COADAPTATION_LAYER)
 
-    def _on_record(self, step: int, record: dict) -> None:
+    def _on_record(self, step: int, record: dict, coadaptation: float) -> None:
         import mlflow
 
-        from pipeline import diagnostics
-
-        coad = diagnostics.coadaptation(self.model, self.probe_x)
-        self.coadaptation.append((step, coad))
-        mlflow.log_metrics({**{f"ics.{k}": v for k, v in record.items()}, "coadaptation.fc1": coad}, step=step)
+        mlflow.log_metrics({**{f"ics.{k}": v for k, v in record.items()}, "coadaptation.fc1": coadaptation},
+                           step=step)
 
     def finish(self, out: Path, title: str) -> dict:
         """After training: final measurements as metrics, history/summary/figure as artifacts."""
@@ -334,16 +332,17 @@ class Diagnostics:
 
         from pipeline import diagnostics
 
+        start = time.perf_counter()
         steps = [step for step, _ in self.monitor.history]
-        if not steps or steps[-1] < self.monitor._done:
-            self.monitor.record(self.monitor._done)  # the end of training is a checkpoint too
-        final_coad = diagnostics.coadaptation(self.model, self.probe_x)
+        if not steps or steps[-1] < self.monitor.steps_done:
+            self.monitor.record(self.monitor.steps_done)  # the end of training is a checkpoint too
+        final_coad = self.monitor.coadaptation_history[-1][1]
         ratios = diagnostics.variance_ratios(self.model, self.variance_x)  # one pass, batched
         shift = diagnostics.shift_from_ratios(ratios)
         summary = {
             "probe_size": len(self.probe_x), "every_n_batches": self.cfg.every_n_batches,
             "drift": diagnostics.drift_summary(self.monitor.history),
-            "coadaptation_fc1": final_coad, "coadaptation_history": self.coadaptation,
+            "coadaptation_fc1": final_coad, "coadaptation_history": self.monitor.coadaptation_history,
             "variance_shift": shift,
             "variance_ratio_mean": {k: float(np.mean(v)) for k, v in ratios.items()},
         }
@@ -351,7 +350,8 @@ class Diagnostics:
         pd.DataFrame([{"step": s, **r} for s, r in self.monitor.history]).to_csv(out / "history.csv", index=False)
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
         diagnostics.plot_percentiles(self.monitor.history, out / "covariate_shift.png", title)
-        mlflow.log_metrics({"coadaptation_fc1": final_coad, **{f"variance_shift.{k}": v for k, v in shift.items()}})
+        mlflow.log_metrics({"coadaptation_fc1": final_coad, **{f"variance_shift.{k}": v for k, v in shift.items()},
+                            "diagnostics_final_seconds": time.perf_counter() - start})
         return summary
 
 

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from conftest import ROOT, subprocess_env
-from pipeline.bench import Candidate, epoch_lines, flops_summary, spread, stage_times
+from pipeline.bench import (Candidate, diagnostics_cost, diagnostics_lines, epoch_lines, flops_summary, spread,
+                            stage_times)
 from pipeline.config import UserError, VariantSpec
 from pipeline.model import build_lenet
 
@@ -180,6 +181,26 @@ def test_epoch_table_counts_slow_epochs():
     assert rows == ["| v | bare Keras (notebook way) | 1,000 500; 1,000 1,000 | 1 of 2 |",
                     "| v | pipeline, diagnostics on (as shipped) | 667 909; 1,000 667 | 1 of 2 |",
                     "| v | candidate spe=2 | 1,000 1,000 | 0 of 1 |"]
+
+
+def test_diagnostics_cost_is_paired_by_round():
+    def mode(fit, steady, final=None):
+        m = {"fit_seconds": spread(fit), "steady_images_per_second": spread(steady)}
+        if final is not None:
+            m["diagnostics_final_seconds"] = spread(final)
+        return m
+
+    # Round 2 ran on a slower machine for both modes: paired, it still costs 10%, not 65%.
+    modes = {"pipeline": mode([11.0, 22.0], [900.0, 450.0], final=[1.0, 2.0]),
+             "pipeline_nodiag": mode([10.0, 20.0], [990.0, 495.0])}
+    added = diagnostics_cost(modes)
+    assert added["fit"]["values"] == pytest.approx([0.1, 0.1])
+    assert added["steady"]["values"] == pytest.approx([0.1, 0.1])
+    assert added["with_final"]["values"] == pytest.approx([0.2, 0.2])
+    r = {"targets": {"diagnostics_added": 0.05}, "throughput": {"v": {"modes": modes, "diagnostics_added": added}}}
+    line = diagnostics_lines(r)
+    assert "v: **10.0% (10.0 to 10.0)** of fit time (misses the target)" in line
+    assert "after fit (1.5 (1.0–2.0) s) 20.0% (20.0 to 20.0)" in line
 
 
 def test_render_of_a_missing_file_is_a_clear_error(tmp_path):

@@ -98,13 +98,24 @@ def test_covariate_shift_monitor_records_during_fit(tmp_path):
     x = rng.random((320, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, size=320)
 
-    calls = []
-    monitor = dg.CovariateShiftMonitor(x[:16], every_n_batches=3, on_record=lambda s, r: calls.append((s, r)))
+    calls, coads = [], []
+
+    def on_record(step, record, coadaptation):
+        calls.append((step, record))
+        coads.append((step, coadaptation))
+
+    monitor = dg.CovariateShiftMonitor(x[:16], every_n_batches=3, on_record=on_record, coadaptation_layer="fc1_tanh")
+    # No per-batch end hook: Keras can then run batch-end callbacks without a device sync per step.
+    assert type(monitor).on_train_batch_end is keras.callbacks.Callback.on_train_batch_end
     model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
 
     # 10 batches per epoch, the step count runs on across the epoch boundary.
     assert [s for s, _ in calls] == [0, 3, 6, 9, 12, 15, 18]
+    assert monitor.steps_done == 20
     assert calls == monitor.history
+    # Co-adaptation comes from the same probe pass, at the same steps.
+    assert coads == monitor.coadaptation_history and [s for s, _ in coads] == [0, 3, 6, 9, 12, 15, 18]
+    assert all(0.0 <= c <= 1.0 for _, c in coads)
     points = dg.probe_points(model)
     keys = {f"{p}.{stat}" for p in points for stat in ("p15", "p50", "p85", "mean", "log_std")}
     assert all(set(rec) == keys for _, rec in calls)
@@ -122,6 +133,26 @@ def test_covariate_shift_monitor_records_during_fit(tmp_path):
 
     png = dg.plot_percentiles(monitor.history, tmp_path / "fig" / "icf.png", "bn_hidden")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A record by hand (what training does at the end) agrees with the stand-alone measures.
+    end = monitor.record(monitor.steps_done)
+    assert monitor.coadaptation_history[-1] == (20, pytest.approx(dg.coadaptation(model, x[:16]), rel=1e-9))
+    assert end == pytest.approx(dg.probe_stats(dg.probe_activations(model, x[:16])), rel=1e-12)
+
+
+def test_monitor_counts_steps_with_steps_per_execution():
+    """Keras reports only the first batch of each execution; records land on the first step
+    on or past each multiple, and the step count still ends at the true number of updates."""
+    rng = np.random.default_rng(4)
+    model = build_lenet(VariantSpec(name="bn_hidden", bn_hidden=True))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", steps_per_execution=2)
+    x = rng.random((320, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, size=320)
+    monitor = dg.CovariateShiftMonitor(x[:8], every_n_batches=3)
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
+    assert [s for s, _ in monitor.history] == [0, 4, 6, 10, 12, 16, 18]
+    assert monitor.steps_done == 20 and monitor.coadaptation_history == []
+    assert int(model.optimizer.iterations.numpy()) == 20
 
 
 def test_variance_ratios_in_batches_equal_one_pass():
