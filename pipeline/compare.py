@@ -113,8 +113,11 @@ def fetch_runs(records: dict[tuple[str, int], dict], uri: str) -> dict[tuple[str
             if "diagnostics" in artifacts:
                 diag = Path(download_artifacts(run_id=run_id, artifact_path="diagnostics", dst_path=str(dst),
                                                tracking_uri=uri))
-                diagnostics = {"summary": json.loads((diag / "summary.json").read_text()),
-                               "history": pd.read_csv(diag / "history.csv")}
+                diagnostics = {"summary": json.loads((diag / "summary.json").read_text())}
+                if (diag / "history.csv").exists():  # absent when covariate_shift was switched off
+                    diagnostics["history"] = pd.read_csv(diag / "history.csv")
+                if (diag / "fc1_activations.npy").exists():
+                    diagnostics["fc1_activations"] = np.load(diag / "fc1_activations.npy")
             out[(variant, seed)] = RunData(
                 variant=variant, seed=seed, run_id=run_id, test_loss=float(m["test_loss"]),
                 test_accuracy=float(m["test_accuracy"]), train_seconds=float(m["train_seconds"]),

@@ -196,13 +196,21 @@ def train_config(params: dict[str, Any], overrides: dict[str, Any] | None = None
 class DiagnosticsConfig:
     """What the training stage measures besides loss and accuracy (see pipeline.diagnostics)."""
 
-    enabled: bool = True
+    enabled: bool = True  # the master switch: false turns every diagnostic off
+    covariate_shift: bool = True
+    coadaptation: bool = True
+    variance_shift: bool = True
     probe_size: int = 256
     every_n_batches: int = 100
     variance_shift_images: int = 2000
 
+    @property
+    def any(self) -> bool:
+        return self.enabled and (self.covariate_shift or self.coadaptation or self.variance_shift)
+
 
 def diagnostics_config(params: dict[str, Any]) -> DiagnosticsConfig:
+    """The ``diagnostics`` section; ``.any`` says whether anything is measured at all."""
     raw = params.get("diagnostics") or {}
     if not isinstance(raw, dict):
         raise UserError("params: 'diagnostics' must be a mapping")
@@ -213,6 +221,9 @@ def diagnostics_config(params: dict[str, Any]) -> DiagnosticsConfig:
     d = DiagnosticsConfig()
     return DiagnosticsConfig(
         enabled=_as_bool("diagnostics.enabled", raw.get("enabled", d.enabled)),
+        covariate_shift=_as_bool("diagnostics.covariate_shift", raw.get("covariate_shift", d.covariate_shift)),
+        coadaptation=_as_bool("diagnostics.coadaptation", raw.get("coadaptation", d.coadaptation)),
+        variance_shift=_as_bool("diagnostics.variance_shift", raw.get("variance_shift", d.variance_shift)),
         probe_size=_as_positive_int("diagnostics.probe_size", raw.get("probe_size", d.probe_size)),
         every_n_batches=_as_positive_int("diagnostics.every_n_batches", raw.get("every_n_batches", d.every_n_batches)),
         variance_shift_images=_as_positive_int("diagnostics.variance_shift_images",

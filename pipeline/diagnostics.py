@@ -17,9 +17,8 @@ is the only function that writes (one PNG, matplotlib Agg). Nothing here talks t
   layer's inference-time input variance with the moving variance it learned in training,
   which dropout placed before BN inflates.
 
-Sub-models that read internal layers are built once per model and cached; they run
-compiled (``predict_on_batch``), and one pass yields both the probe points and the
-co-adaptation layer's output.
+Sub-models that read internal layers are built once per model and cached; one pass
+yields both the probe points and the co-adaptation layer's output.
 """
 
 from __future__ import annotations
@@ -86,12 +85,23 @@ def probe_activations(model: keras.Model, x, outputs: Sequence[str] = ()) -> dic
     """The input of every probe point on ``x`` (and the output of each layer in ``outputs``,
     under ``output_key(layer)``), in inference mode, as NumPy arrays.
 
-    Runs as one compiled call (``predict_on_batch``, traced once per input shape): about
-    a third faster than calling the probe model eagerly.
+    The call is eager: a compiled call (``predict_on_batch``) saves about 10 ms per record
+    but its tracing cost more than that over a whole training run here.
     """
     outputs = tuple(outputs)
     probe = _cached(model, f"probe:{','.join(outputs)}", lambda: make_probe_model(model, outputs))
-    return dict(probe.predict_on_batch(x))
+    return {k: keras.ops.convert_to_numpy(v) for k, v in probe(x, training=False).items()}
+
+
+def layer_outputs(model: keras.Model, x, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The outputs of the named layers on ``x`` (inference mode), keyed by ``output_key``."""
+    names = tuple(names)
+
+    def build():
+        return keras.Model(model.input, {output_key(n): model.get_layer(n).output for n in names})
+
+    sub = _cached(model, f"outputs:{','.join(names)}", build)
+    return {k: keras.ops.convert_to_numpy(v) for k, v in sub(x, training=False).items()}
 
 
 # --- Internal covariate shift ---------------------------------------------------
@@ -135,7 +145,8 @@ class CovariateShiftMonitor(keras.callbacks.Callback):
 
     With ``coadaptation_layer`` (e.g. ``"fc1_tanh"``) the same probe pass also yields
     that layer's output, and ``coadaptation`` is its ``mean_abs_correlation`` (kept in
-    ``self.coadaptation_history`` as ``(step, value)``); otherwise it is None.
+    ``self.coadaptation_history`` as ``(step, value)``); otherwise it is None. With
+    ``covariate_shift=False`` only that layer is computed and the records are empty dicts.
 
     The monitor only hooks the *start* of a batch and the end of an epoch: a hook at the
     end of every batch would make Keras convert each step's logs to Python numbers, a
@@ -144,16 +155,20 @@ class CovariateShiftMonitor(keras.callbacks.Callback):
 
     def __init__(self, probe_x, every_n_batches: int,
                  on_record: Callable[[int, dict, float | None], None] | None = None,
-                 coadaptation_layer: str | None = None):
+                 coadaptation_layer: str | None = None, covariate_shift: bool = True):
         super().__init__()
         if every_n_batches < 1:
             raise ValueError(f"every_n_batches must be >= 1, got {every_n_batches}")
+        if not covariate_shift and not coadaptation_layer:
+            raise ValueError("nothing to record: covariate_shift is off and no coadaptation_layer is given")
+        self.covariate_shift = covariate_shift
         self.probe_x = probe_x
         self.every = int(every_n_batches)
         self.on_record = on_record
         self.coadaptation_layer = coadaptation_layer
         self.history: list[tuple[int, dict[str, float]]] = []
         self.coadaptation_history: list[tuple[int, float]] = []
+        self.last_output: np.ndarray | None = None  # the co-adaptation layer's output at the last record
         self._epoch_base = 0  # updates done before the current epoch
         self._epoch_last = -1  # index of the last batch begun in this epoch
         self._done = 0  # updates done by the end of the last finished epoch
@@ -184,13 +199,17 @@ class CovariateShiftMonitor(keras.callbacks.Callback):
 
     def record(self, step: int) -> dict[str, float]:
         layer = self.coadaptation_layer
-        acts = probe_activations(self.model, self.probe_x, outputs=(layer,) if layer else ())
+        if self.covariate_shift:
+            acts = probe_activations(self.model, self.probe_x, outputs=(layer,) if layer else ())
+        else:
+            acts = layer_outputs(self.model, self.probe_x, [layer])
         out = acts.pop(output_key(layer)) if layer else None
         stats = probe_stats(acts)
         coad = mean_abs_correlation(out.reshape(len(out), -1)) if layer else None
         self.history.append((step, stats))
         if layer:
             self.coadaptation_history.append((step, coad))
+            self.last_output = out
         if self.on_record is not None:
             self.on_record(step, stats, coad)
         return stats
@@ -292,11 +311,32 @@ def mean_abs_correlation(acts) -> float:
 def coadaptation(model: keras.Model, x, layer: str = "fc1_tanh") -> float:
     """``mean_abs_correlation`` of the output of ``layer`` (default: the 84 fc1 units after
     tanh) on ``x``, in inference mode."""
-    sub = _cached(
-        model, f"output:{layer}", lambda: keras.Model(model.input, model.get_layer(layer).output)
-    )
-    acts = np.asarray(sub.predict_on_batch(x))
+    acts = layer_outputs(model, x, [layer])[output_key(layer)]
     return mean_abs_correlation(acts.reshape(len(acts), -1))
+
+
+def coadaptation_difference(a, b, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """``mean_abs_correlation(a) - mean_abs_correlation(b)`` for two networks' activations
+    on the *same* examples (row i of ``a`` and of ``b`` is the same image), with a paired
+    bootstrap interval over examples: each resample draws the same rows from both.
+
+    Returns ``{"difference", "low", "high"}``. The interval reflects which probe images were
+    drawn, not training noise (for that, compare seeds).
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    if len(a) != len(b):
+        raise ValueError(f"paired activations need the same examples: {len(a)} rows vs {len(b)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for i in range(n_boot):
+        rows = rng.integers(0, len(a), size=len(a))
+        boots[i] = mean_abs_correlation(a[rows]) - mean_abs_correlation(b[rows])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(boots, [tail, 100 - tail])
+    return {"difference": mean_abs_correlation(a) - mean_abs_correlation(b), "low": float(low), "high": float(high)}
 
 
 # --- Variance shift ----------------------------------------------------------------

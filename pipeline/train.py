@@ -307,7 +307,11 @@ def write_artifacts(out: Path, model, spec: VariantSpec, data: dict, probs: np.n
 
 
 class Diagnostics:
-    """Wires pipeline.diagnostics into a training run: metrics while training, artifacts after."""
+    """Wires pipeline.diagnostics into a training run: metrics while training, artifacts after.
+
+    Only the diagnostics switched on in ``cfg`` run; ``monitor`` (the callback for ``fit``)
+    is None when neither covariate shift nor co-adaptation is on.
+    """
 
     def __init__(self, cfg: DiagnosticsConfig, model, x_test: np.ndarray):
         from pipeline import diagnostics
@@ -316,14 +320,20 @@ class Diagnostics:
         self.model = model
         self.probe_x = x_test[-min(cfg.probe_size, len(x_test)):]
         self.variance_x = x_test[:min(cfg.variance_shift_images, len(x_test))]
-        self.monitor = diagnostics.CovariateShiftMonitor(self.probe_x, cfg.every_n_batches, self._on_record,
-                                                         coadaptation_layer=COADAPTATION_LAYER)
+        self.monitor = None
+        if cfg.covariate_shift or cfg.coadaptation:
+            self.monitor = diagnostics.CovariateShiftMonitor(
+                self.probe_x, cfg.every_n_batches, self._on_record,
+                coadaptation_layer=COADAPTATION_LAYER if cfg.coadaptation else None,
+                covariate_shift=cfg.covariate_shift)
 
-    def _on_record(self, step: int, record: dict, coadaptation: float) -> None:
+    def _on_record(self, step: int, record: dict, coadaptation: float | None) -> None:
         import mlflow
 
-        mlflow.log_metrics({**{f"ics.{k}": v for k, v in record.items()}, "coadaptation.fc1": coadaptation},
-                           step=step)
+        metrics = {f"ics.{k}": v for k, v in record.items()}
+        if coadaptation is not None:
+            metrics["coadaptation.fc1"] = coadaptation
+        mlflow.log_metrics(metrics, step=step)
 
     def finish(self, out: Path, title: str) -> dict:
         """After training: final measurements as metrics, history/summary/figure as artifacts."""
@@ -333,25 +343,30 @@ class Diagnostics:
         from pipeline import diagnostics
 
         start = time.perf_counter()
-        steps = [step for step, _ in self.monitor.history]
-        if not steps or steps[-1] < self.monitor.steps_done:
-            self.monitor.record(self.monitor.steps_done)  # the end of training is a checkpoint too
-        final_coad = self.monitor.coadaptation_history[-1][1]
-        ratios = diagnostics.variance_ratios(self.model, self.variance_x)  # one pass, batched
-        shift = diagnostics.shift_from_ratios(ratios)
-        summary = {
-            "probe_size": len(self.probe_x), "every_n_batches": self.cfg.every_n_batches,
-            "drift": diagnostics.drift_summary(self.monitor.history),
-            "coadaptation_fc1": final_coad, "coadaptation_history": self.monitor.coadaptation_history,
-            "variance_shift": shift,
-            "variance_ratio_mean": {k: float(np.mean(v)) for k, v in ratios.items()},
-        }
         out.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame([{"step": s, **r} for s, r in self.monitor.history]).to_csv(out / "history.csv", index=False)
+        summary: dict = {"probe_size": len(self.probe_x), "every_n_batches": self.cfg.every_n_batches}
+        metrics: dict[str, float] = {}
+        monitor = self.monitor
+        if monitor is not None:
+            steps = [step for step, _ in monitor.history]
+            if not steps or steps[-1] < monitor.steps_done:
+                monitor.record(monitor.steps_done)  # the end of training is a checkpoint too
+        if self.cfg.covariate_shift:
+            summary["drift"] = diagnostics.drift_summary(monitor.history)
+            pd.DataFrame([{"step": s, **r} for s, r in monitor.history]).to_csv(out / "history.csv", index=False)
+            diagnostics.plot_percentiles(monitor.history, out / "covariate_shift.png", title)
+        if self.cfg.coadaptation:
+            summary["coadaptation_fc1"] = metrics["coadaptation_fc1"] = monitor.coadaptation_history[-1][1]
+            summary["coadaptation_history"] = monitor.coadaptation_history
+            # The probe images' fc1 activations at the end: the report compares variants on them, image by image.
+            np.save(out / "fc1_activations.npy", monitor.last_output.astype(np.float32))
+        if self.cfg.variance_shift:
+            ratios = diagnostics.variance_ratios(self.model, self.variance_x)  # one pass, batched
+            summary["variance_shift"] = diagnostics.shift_from_ratios(ratios)
+            summary["variance_ratio_mean"] = {k: float(np.mean(v)) for k, v in ratios.items()}
+            metrics.update({f"variance_shift.{k}": v for k, v in summary["variance_shift"].items()})
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-        diagnostics.plot_percentiles(self.monitor.history, out / "covariate_shift.png", title)
-        mlflow.log_metrics({"coadaptation_fc1": final_coad, **{f"variance_shift.{k}": v for k, v in shift.items()},
-                            "diagnostics_final_seconds": time.perf_counter() - start})
+        mlflow.log_metrics({**metrics, "diagnostics_final_seconds": time.perf_counter() - start})
         return summary
 
 
@@ -409,8 +424,8 @@ def train(variant: str, seed: int, overrides: dict | None = None, record_dir: Pa
     run_name = f"{spec.name}-s{seed}"
     history: list[dict] = []
     callbacks = [_epoch_logger(data["x_test"], y_test, cfg.batch_size, history)]
-    diag = Diagnostics(diag_cfg, model, data["x_test"]) if diag_cfg.enabled else None
-    if diag is not None:
+    diag = Diagnostics(diag_cfg, model, data["x_test"]) if diag_cfg.any else None
+    if diag is not None and diag.monitor is not None:
         callbacks.append(diag.monitor)
     with mlflow_run(experiment_id, run_name, tags) as run:
         mlflow.log_params(flat_params(spec, cfg, seed, data, summary, diag_cfg))

@@ -261,6 +261,63 @@ def test_metrics_json_equals_the_table(report):
 
 
 @slow
+def test_each_run_logs_its_diagnostics(study):
+    """What one training run records: ics.* and coadaptation.fc1 at every checkpoint (here every
+    step), the same numbers in diagnostics/history.csv, final measures that agree with the
+    saved fc1 activations, a variance-shift metric per BN layer."""
+    from pipeline.diagnostics import mean_abs_correlation
+
+    run_id = study.records["bn_hidden"]["run_id"]
+    run = study.client.get_run(run_id)
+    dst = study.root / "downloads" / run_id
+    diag = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="diagnostics", dst_path=str(dst),
+                                                    tracking_uri=study.uri))
+    assert {p.name for p in diag.iterdir()} == {"history.csv", "summary.json", "covariate_shift.png",
+                                                "fc1_activations.npy"}
+    steps = -(-TRAIN_LIMIT // study.params["train"]["batch_size"]) * study.params["train"]["epochs"]
+    history = pd.read_csv(diag / "history.csv")
+    assert history["step"].tolist() == list(range(steps + 1))  # every step, and the end of training
+    points = ["conv1_bn", "conv1_tanh", "conv2_bn", "conv2_tanh", "conv3_bn", "conv3_tanh", "fc1_bn", "fc1_tanh"]
+    assert list(history.columns) == ["step"] + [f"{p}.{s}" for p in points for s in ("p15", "p50", "p85", "mean",
+                                                                                       "log_std")]
+    for key in ("conv2_tanh.p15", "fc1_bn.p85", "conv1_tanh.log_std"):
+        logged = sorted(study.client.get_metric_history(run_id, f"ics.{key}"), key=lambda m: m.step)
+        assert [m.step for m in logged] == history["step"].tolist(), key
+        np.testing.assert_allclose([m.value for m in logged], history[key], rtol=1e-12)
+    assert (history["conv1_tanh.p15"] <= history["conv1_tanh.p50"]).all()
+    assert (history["conv1_tanh.p50"] <= history["conv1_tanh.p85"]).all()
+
+    coad = sorted(study.client.get_metric_history(run_id, "coadaptation.fc1"), key=lambda m: m.step)
+    assert [m.step for m in coad] == history["step"].tolist()
+    acts = np.load(diag / "fc1_activations.npy")
+    assert acts.shape == (64, 84) and acts.dtype == np.float32  # probe_size images x 84 units
+    m = run.data.metrics
+    assert m["coadaptation_fc1"] == coad[-1].value
+    assert m["coadaptation_fc1"] == pytest.approx(mean_abs_correlation(acts), rel=1e-5)
+    summary = json.loads((diag / "summary.json").read_text())
+    assert summary["coadaptation_fc1"] == m["coadaptation_fc1"] and summary["probe_size"] == 64
+    assert sorted(summary["variance_shift"]) == ["conv1_bn", "conv2_bn", "conv3_bn", "fc1_bn"]
+    for layer, value in summary["variance_shift"].items():
+        assert m[f"variance_shift.{layer}"] == value and value >= 1.0
+    assert m["diagnostics_final_seconds"] > 0
+    assert (diag / "covariate_shift.png").read_bytes()[:8] == PNG
+
+
+@slow
+def test_coadaptation_claims_carry_a_paired_interval(report):
+    lines = [line for line in report.md.splitlines() if line.startswith("- dropout (")]
+    assert len(lines) == 1, lines
+    match = re.fullmatch(r"- dropout \((\d\.\d{3})\) vs plain \((\d\.\d{3})\): ([+-]\d\.\d{3}), 95% bootstrap "
+                         r"interval over probe images ([+-]\d\.\d{3}) to ([+-]\d\.\d{3}): (.*)\.", lines[0])
+    assert match, lines[0]
+    a, b, diff, low, high = (float(g) for g in match.groups()[:5])
+    assert diff == pytest.approx(a - b, abs=2e-3) and low <= diff <= high
+    expected = ("lower with dropout" if high < 0 else "higher with dropout" if low > 0
+                else "not distinguishable on this probe")
+    assert match.group(6) == expected
+
+
+@slow
 def test_figures_are_non_empty_pngs(report):
     figures = report.dir / "figures"
     assert {p.name for p in figures.iterdir()} == FIGURES

@@ -140,6 +140,24 @@ def test_covariate_shift_monitor_records_during_fit(tmp_path):
     assert end == pytest.approx(dg.probe_stats(dg.probe_activations(model, x[:16])), rel=1e-12)
 
 
+def test_coadaptation_difference_is_paired_over_examples():
+    rng = np.random.default_rng(5)
+    independent = rng.normal(size=(400, 6))
+    unit = rng.normal(size=(400, 1))
+    duplicated = np.hstack([unit * k for k in (1, 2, -1, 3, 0.5, -2)]) + 0.01 * rng.normal(size=(400, 6))
+    d = dg.coadaptation_difference(independent, duplicated, n_boot=300)
+    assert d["difference"] == pytest.approx(dg.mean_abs_correlation(independent) - dg.mean_abs_correlation(duplicated))
+    assert d["low"] <= d["difference"] <= d["high"] < -0.8  # clearly less co-adapted
+    same = dg.coadaptation_difference(independent, independent, n_boot=50)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}  # paired: identical rows cancel exactly
+    # Two draws of independent units differ only by chance: the interval covers 0.
+    other = rng.normal(size=(400, 6))
+    chance = dg.coadaptation_difference(independent, other, n_boot=300)
+    assert chance["low"] < 0 < chance["high"]
+    with pytest.raises(ValueError, match="same examples: 400 rows vs 399"):
+        dg.coadaptation_difference(independent, other[:399])
+
+
 def test_monitor_counts_steps_with_steps_per_execution():
     """Keras reports only the first batch of each execution; records land on the first step
     on or past each multiple, and the step count still ends at the true number of updates."""
@@ -168,3 +186,56 @@ def test_variance_ratios_in_batches_equal_one_pass():
     bn = model.get_layer("fc1_bn")
     expected = (direct + bn.epsilon) / (bn.moving_variance.numpy().astype(np.float64) + bn.epsilon)
     np.testing.assert_allclose(one_pass["fc1_bn"], expected, rtol=1e-9)
+
+
+def test_diagnostics_config_switches():
+    from pipeline.config import UserError, diagnostics_config
+
+    d = diagnostics_config({})
+    assert (d.enabled, d.covariate_shift, d.coadaptation, d.variance_shift) == (True, True, True, True) and d.any
+    assert not diagnostics_config({"diagnostics": {"enabled": False}}).any
+    assert not diagnostics_config({"diagnostics": {"covariate_shift": False, "coadaptation": False,
+                                                   "variance_shift": False}}).any
+    assert diagnostics_config({"diagnostics": {"coadaptation": False}}).any
+    with pytest.raises(UserError, match="diagnostics.coadaptation.*must be true or false"):
+        diagnostics_config({"diagnostics": {"coadaptation": "yes"}})
+    with pytest.raises(UserError, match=r"unknown field\(s\) \['covariate'\]"):
+        diagnostics_config({"diagnostics": {"covariate": False}})
+
+
+def test_monitor_for_coadaptation_only():
+    rng = np.random.default_rng(6)
+    model = build_lenet(VariantSpec(name="plain", conv_bias=True))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    x = rng.random((64, 28, 28, 1), dtype=np.float32)
+    monitor = dg.CovariateShiftMonitor(x[:16], every_n_batches=2, coadaptation_layer="fc1_tanh",
+                                       covariate_shift=False)
+    model.fit(x, rng.integers(0, 10, size=64), batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
+    assert monitor.history == [(0, {}), (2, {})]
+    assert [s for s, _ in monitor.coadaptation_history] == [0, 2] and monitor.last_output.shape == (16, 84)
+    with pytest.raises(ValueError, match="nothing to record"):
+        dg.CovariateShiftMonitor(x, every_n_batches=2, covariate_shift=False)
+
+
+def test_report_section_shows_only_what_was_measured(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline import diagnostics_report
+
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(64, 84))
+    acts = {"plain": base + rng.normal(size=(64, 1)),  # a shared component: correlated units
+            "dropout": base}
+    runs = {}
+    for v, a in acts.items():
+        c = dg.mean_abs_correlation(a)
+        runs[(v, 0)] = SimpleNamespace(seed=0, diagnostics={
+            "summary": {"probe_size": 64, "every_n_batches": 100, "coadaptation_fc1": c,
+                        "coadaptation_history": [[0, 0.1], [10, c]]},
+            "fc1_activations": a.astype(np.float32)})
+    md, names, metrics = diagnostics_report.section(runs, tmp_path)
+    assert "### Co-adaptation" in md and "### Internal covariate shift" not in md and "### Variance shift" not in md
+    assert names == ["coadaptation.png"] and (tmp_path / "coadaptation.png").exists()
+    assert sorted(metrics["diagnostics"]["coadaptation_fc1"]) == ["dropout", "plain"]
+    claim = next(line for line in md.splitlines() if line.startswith("- dropout ("))
+    assert claim.endswith(": lower with dropout."), claim

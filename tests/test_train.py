@@ -468,3 +468,40 @@ def test_batches_unshuffled_keep_order_and_autotune_is_off():
     np.testing.assert_array_equal(order, np.arange(300))
     assert ds.options().autotune.enabled is False
     assert ds.options().deterministic is True
+
+
+# --- diagnostics switches ----------------------------------------------------------------------
+
+
+def _train_with_diagnostics(env: Env, name: str, **switches) -> tuple[object, set[str]]:
+    params = tiny_params(train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT)
+    params["diagnostics"].update(switches)
+    path = env.root / f"params-{name}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    record = train("bn_hidden", 0, params_path=path, prepared=env.prepared)
+    run = env.client.get_run(record["run_id"])
+    return run, {a.path for a in env.client.list_artifacts(record["run_id"], "diagnostics")}
+
+
+def test_each_diagnostic_can_be_switched_off(env):
+    run, files = _train_with_diagnostics(env, "coad-only", covariate_shift=False, variance_shift=False)
+    metrics = run.data.metrics
+    assert not [k for k in metrics if k.startswith(("ics.", "variance_shift."))]
+    assert files == {"diagnostics/summary.json", "diagnostics/fc1_activations.npy"}
+    steps = sorted(m.step for m in env.client.get_metric_history(run.info.run_id, "coadaptation.fc1"))
+    assert steps == [0, 3]  # before the first update, and at the end (3 steps of 128 images)
+    assert 0.0 <= metrics["coadaptation_fc1"] <= 1.0
+    assert run.data.params["diagnostics.covariate_shift"] == "False"
+
+    run, files = _train_with_diagnostics(env, "no-coad", coadaptation=False)
+    metrics = run.data.metrics
+    assert not [k for k in metrics if k.startswith("coadaptation")]
+    assert {"ics.conv1_tanh.p50", "variance_shift.fc1_bn"} <= set(metrics)
+    assert files == {"diagnostics/summary.json", "diagnostics/history.csv", "diagnostics/covariate_shift.png"}
+
+    for name, switches in (("all-off", {"covariate_shift": False, "coadaptation": False, "variance_shift": False}),
+                           ("master-off", {"enabled": False})):
+        run, files = _train_with_diagnostics(env, name, **switches)
+        assert files == set(), name
+        assert not [k for k in run.data.metrics if k.startswith(("ics.", "coadaptation", "variance_shift", "diag"))]
+        assert run.data.metrics["test_accuracy"] > 0  # training itself is unaffected
