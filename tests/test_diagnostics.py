@@ -21,6 +21,29 @@ def test_percentiles_of_a_known_array():
     assert dg.percentiles(np.arange(11), qs=(10, 99.5)) == {"p10": 1.0, "p99.5": pytest.approx(9.95)}
 
 
+def test_probe_stats_sample_percentiles_of_large_points_only():
+    rng = np.random.default_rng(8)
+    small = rng.normal(size=(16, 7, 7, 8)).astype(np.float32)  # 6,272 values: all used
+    large = (3 + 2 * rng.normal(size=(256, 28, 28, 6))).astype(np.float32)  # 1.2 million: sampled
+    assert dg.percentile_sample(small.size) is None
+    idx = dg.percentile_sample(large.size)
+    assert len(idx) == dg.PERCENTILE_SAMPLE == len(np.unique(idx))
+    np.testing.assert_array_equal(idx, dg.percentile_sample(large.size))  # the same values every record
+    # Spread over every channel, not a stride that would keep some and drop others.
+    assert len(np.unique(idx % 6)) == 6
+
+    rec = dg.probe_stats({"small": small, "large": large})
+    exact_small = dg.percentiles(small)
+    for q in ("p15", "p50", "p85"):
+        assert rec[f"small.{q}"] == pytest.approx(exact_small[q], rel=1e-12)
+    exact_large = dg.percentiles(large)
+    for q in ("p15", "p50", "p85"):  # within a few thousandths of a std of the exact value
+        assert rec[f"large.{q}"] == pytest.approx(exact_large[q], abs=0.02)
+    # Mean and std always use every value.
+    assert rec["large.mean"] == pytest.approx(large.astype(np.float64).mean(), rel=1e-9)
+    assert rec["large.log_std"] == pytest.approx(np.log(large.astype(np.float64).std()), rel=1e-9)
+
+
 def test_mean_abs_correlation():
     rng = np.random.default_rng(0)
     independent = rng.normal(size=(20_000, 10))
