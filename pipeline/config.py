@@ -240,7 +240,14 @@ def seeds(params: dict[str, Any]) -> list[int]:
     return list(value)
 
 
+# Signals received by run_main's handler. Python drops an exception raised while it runs a
+# weakref callback or __del__ ("Exception ignored in ..."), so an interrupt can be lost;
+# long loops (training: pipeline.train's SignalGuard) check this and raise it again.
+pending_signals: list[int] = []
+
+
 def _interrupt(signum, frame):
+    pending_signals.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -248,9 +255,11 @@ def run_main(fn: Callable[[], Any]) -> None:
     """Run a stage's main: a ``UserError`` exits 2 with its message on stderr, no traceback.
 
     SIGTERM is turned into ``KeyboardInterrupt`` so clean-up (temporary files, the
-    MLflow run's status) happens for ``kill`` as it does for Ctrl-C.
+    MLflow run's status) happens for ``kill`` as it does for Ctrl-C; both are also noted
+    in ``pending_signals`` in case the exception is swallowed.
     """
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         fn()
     except UserError as exc:

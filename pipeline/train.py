@@ -264,6 +264,21 @@ def _epoch_logger(x_test, y_test_onehot, batch_size: int, history: list[dict]):
     return EpochLogger()
 
 
+def _signal_guard():
+    import keras
+
+    from pipeline import config
+
+    class SignalGuard(keras.callbacks.Callback):
+        """Raises, at the next batch, an interrupt Python swallowed (see config.pending_signals)."""
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if config.pending_signals:
+                raise KeyboardInterrupt(f"signal {config.pending_signals[-1]} (raised again at the next batch)")
+
+    return SignalGuard()
+
+
 def write_artifacts(out: Path, model, spec: VariantSpec, data: dict, probs: np.ndarray, history: list[dict]) -> None:
     """Everything a run keeps besides metrics and the model, into ``out``."""
     import pandas as pd
@@ -423,7 +438,7 @@ def train(variant: str, seed: int, overrides: dict | None = None, record_dir: Pa
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     run_name = f"{spec.name}-s{seed}"
     history: list[dict] = []
-    callbacks = [_epoch_logger(data["x_test"], y_test, cfg.batch_size, history)]
+    callbacks = [_signal_guard(), _epoch_logger(data["x_test"], y_test, cfg.batch_size, history)]
     diag = Diagnostics(diag_cfg, model, data["x_test"]) if diag_cfg.any else None
     if diag is not None and diag.monitor is not None:
         callbacks.append(diag.monitor)

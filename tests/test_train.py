@@ -505,3 +505,23 @@ def test_each_diagnostic_can_be_switched_off(env):
         assert files == set(), name
         assert not [k for k in run.data.metrics if k.startswith(("ics.", "coadaptation", "variance_shift", "diag"))]
         assert run.data.metrics["test_accuracy"] > 0  # training itself is unaffected
+
+
+def test_an_interrupt_python_swallowed_still_stops_training_at_the_next_batch(env):
+    """run_main's handler notes every SIGINT/SIGTERM; if the KeyboardInterrupt it raised was lost
+    (raised inside a weakref callback, Python only prints "Exception ignored"), training
+    raises it again at its next batch, and the run ends KILLED with no record."""
+    from pipeline import config
+
+    config.pending_signals.append(15)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="signal 15 .raised again at the next batch."):
+            env.train("plain", 7, record_dir=env.root / "swallowed")
+    finally:
+        config.pending_signals.clear()
+    exp = env.client.get_experiment_by_name(EXPERIMENT)
+    runs = env.client.search_runs([exp.experiment_id], "attributes.run_name = 'plain-s7'",
+                                  run_view_type=ViewType.ALL)
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert not env.client.get_metric_history(runs[0].info.run_id, "train_loss")  # stopped before epoch 1 ended
+    assert not (env.root / "swallowed").exists()
