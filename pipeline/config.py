@@ -251,6 +251,18 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` and are noted in ``pending_signals``."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
+def raise_pending_signal() -> None:
+    """Raise again an interrupt that was received but whose exception may have been lost."""
+    if pending_signals:
+        raise KeyboardInterrupt(f"signal {pending_signals[-1]} (raised again at the next batch)")
+
+
 def run_main(fn: Callable[[], Any]) -> None:
     """Run a stage's main: a ``UserError`` exits 2 with its message on stderr, no traceback.
 
@@ -258,8 +270,7 @@ def run_main(fn: Callable[[], Any]) -> None:
     MLflow run's status) happens for ``kill`` as it does for Ctrl-C; both are also noted
     in ``pending_signals`` in case the exception is swallowed.
     """
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    install_signal_handlers()
     try:
         fn()
     except UserError as exc:

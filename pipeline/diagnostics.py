@@ -62,14 +62,15 @@ def output_key(layer: str) -> str:
     return f"{layer}:output"
 
 
-def make_probe_model(model: keras.Model, outputs: Sequence[str] = ()) -> keras.Model:
-    """A model from ``model.input`` to a dict ``{point: input of that layer}``, plus
-    ``{output_key(layer): output of that layer}`` for each layer named in ``outputs``.
+def make_probe_model(model: keras.Model, outputs: Sequence[str] = (), inputs: bool = True) -> keras.Model:
+    """A model from ``model.input`` to a dict ``{point: input of that layer}`` (with
+    ``inputs``), plus ``{output_key(layer): output of that layer}`` for each layer named
+    in ``outputs``.
 
     It shares weights with ``model``, so it always sees the current weights. Call it
     with ``training=False``; ``probe_activations`` does so and caches the probe model.
     """
-    tensors = {name: model.get_layer(name).input for name in probe_points(model)}
+    tensors = {name: model.get_layer(name).input for name in probe_points(model)} if inputs else {}
     tensors.update({output_key(name): model.get_layer(name).output for name in outputs})
     return keras.Model(model.input, tensors, name=f"{model.name}_probe")
 
@@ -81,33 +82,25 @@ def _cached(model: keras.Model, key: str, build: Callable[[], keras.Model]) -> k
     return per_model[key]
 
 
-def probe_activations(model: keras.Model, x, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """The input of every probe point on ``x`` (and the output of each layer in ``outputs``,
-    under ``output_key(layer)``), in inference mode, as NumPy arrays.
+def probe_activations(model: keras.Model, x, outputs: Sequence[str] = (), inputs: bool = True
+                      ) -> dict[str, np.ndarray]:
+    """The input of every probe point on ``x`` (unless ``inputs`` is False) and the output of
+    each layer in ``outputs`` (under ``output_key(layer)``), in inference mode, as NumPy arrays.
 
     The call is eager: a compiled call (``predict_on_batch``) saves about 10 ms per record
     but its tracing cost more than that over a whole training run here.
     """
     outputs = tuple(outputs)
-    probe = _cached(model, f"probe:{','.join(outputs)}", lambda: make_probe_model(model, outputs))
+    key = f"probe:{inputs}:{','.join(outputs)}"
+    probe = _cached(model, key, lambda: make_probe_model(model, outputs, inputs))
     return {k: keras.ops.convert_to_numpy(v) for k, v in probe(x, training=False).items()}
-
-
-def layer_outputs(model: keras.Model, x, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The outputs of the named layers on ``x`` (inference mode), keyed by ``output_key``."""
-    names = tuple(names)
-
-    def build():
-        return keras.Model(model.input, {output_key(n): model.get_layer(n).output for n in names})
-
-    sub = _cached(model, f"outputs:{','.join(names)}", build)
-    return {k: keras.ops.convert_to_numpy(v) for k, v in sub(x, training=False).items()}
 
 
 # --- Internal covariate shift ---------------------------------------------------
 
 
 PERCENTILE_SAMPLE = 1 << 18  # values per probe point the percentiles are taken from
+_sample_cache: dict[tuple[int, int], np.ndarray] = {}
 
 
 def percentile_sample(n: int, k: int = PERCENTILE_SAMPLE) -> np.ndarray | None:
@@ -124,9 +117,6 @@ def percentile_sample(n: int, k: int = PERCENTILE_SAMPLE) -> np.ndarray | None:
     if key not in _sample_cache:
         _sample_cache[key] = np.sort(np.random.default_rng(n).choice(n, size=k, replace=False))
     return _sample_cache[key]
-
-
-_sample_cache: dict[tuple[int, int], np.ndarray] = {}
 
 
 def _point_stats(a) -> dict[str, float]:
@@ -200,16 +190,11 @@ class CovariateShiftMonitor(keras.callbacks.Callback):
         self.last_output: np.ndarray | None = None  # the co-adaptation layer's output at the last record
         self._epoch_base = 0  # updates done before the current epoch
         self._epoch_last = -1  # index of the last batch begun in this epoch
-        self._done = 0  # updates done by the end of the last finished epoch
+        self.steps_done = 0  # optimizer updates done by the end of the last finished epoch
         self._next = 0  # next step at which to record
 
-    @property
-    def steps_done(self) -> int:
-        """Optimizer updates done so far, as of the end of the last finished epoch."""
-        return self._done
-
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_base = self._done
+        self._epoch_base = self.steps_done
         self._epoch_last = -1
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -224,14 +209,12 @@ class CovariateShiftMonitor(keras.callbacks.Callback):
         if not steps:  # an input of unknown length: the last batch begun, and one execution
             spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
             steps = self._epoch_last + spe if self._epoch_last >= 0 else 0
-        self._done = self._epoch_base + int(steps)
+        self.steps_done = self._epoch_base + int(steps)
 
     def record(self, step: int) -> dict[str, float]:
         layer = self.coadaptation_layer
-        if self.covariate_shift:
-            acts = probe_activations(self.model, self.probe_x, outputs=(layer,) if layer else ())
-        else:
-            acts = layer_outputs(self.model, self.probe_x, [layer])
+        acts = probe_activations(self.model, self.probe_x, outputs=(layer,) if layer else (),
+                                 inputs=self.covariate_shift)
         out = acts.pop(output_key(layer)) if layer else None
         stats = probe_stats(acts)
         coad = mean_abs_correlation(out.reshape(len(out), -1)) if layer else None
@@ -340,7 +323,7 @@ def mean_abs_correlation(acts) -> float:
 def coadaptation(model: keras.Model, x, layer: str = "fc1_tanh") -> float:
     """``mean_abs_correlation`` of the output of ``layer`` (default: the 84 fc1 units after
     tanh) on ``x``, in inference mode."""
-    acts = layer_outputs(model, x, [layer])[output_key(layer)]
+    acts = probe_activations(model, x, outputs=[layer], inputs=False)[output_key(layer)]
     return mean_abs_correlation(acts.reshape(len(acts), -1))
 
 

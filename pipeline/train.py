@@ -273,8 +273,7 @@ def _signal_guard():
         """Raises, at the next batch, an interrupt Python swallowed (see config.pending_signals)."""
 
         def on_train_batch_begin(self, batch, logs=None):
-            if config.pending_signals:
-                raise KeyboardInterrupt(f"signal {config.pending_signals[-1]} (raised again at the next batch)")
+            config.raise_pending_signal()
 
     return SignalGuard()
 
@@ -362,10 +361,8 @@ class Diagnostics:
         summary: dict = {"probe_size": len(self.probe_x), "every_n_batches": self.cfg.every_n_batches}
         metrics: dict[str, float] = {}
         monitor = self.monitor
-        if monitor is not None:
-            steps = [step for step, _ in monitor.history]
-            if not steps or steps[-1] < monitor.steps_done:
-                monitor.record(monitor.steps_done)  # the end of training is a checkpoint too
+        if monitor is not None and (not monitor.history or monitor.history[-1][0] < monitor.steps_done):
+            monitor.record(monitor.steps_done)  # the end of training is a checkpoint too
         if self.cfg.covariate_shift:
             summary["drift"] = diagnostics.drift_summary(monitor.history)
             pd.DataFrame([{"step": s, **r} for s, r in monitor.history]).to_csv(out / "history.csv", index=False)
