@@ -57,7 +57,13 @@ from typing import Any
 import yaml
 
 from pipeline import paths
-from pipeline.config import UserError, load_params, run_main
+from pipeline.cli import run_main
+from pipeline.errors import UserError
+
+
+def load_params(path: Path = paths.PARAMS) -> dict:
+    """params.yaml as a plain mapping: the benchmark writes modified copies of it."""
+    return yaml.safe_load(Path(path).read_text())
 
 FIXTURE_MNIST = paths.ROOT / "tests" / "fixtures" / "mnist"
 MODES = ("bare", "pipeline", "pipeline_nodiag")
@@ -283,96 +289,54 @@ def _configure_tf(c: Candidate) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(c.inter_threads)
 
 
-def _patch_fit(timer: _EpochTimer) -> None:
-    """Append the epoch timer to every ``fit``."""
-    import keras
-
-    original = keras.Model.fit
-
-    def fit(self, *args, callbacks=None, **kwargs):
-        return original(self, *args, callbacks=[*(callbacks or []), timer.callback], **kwargs)
-
-    keras.Model.fit = fit
-
-
 def _worker_train(spec: dict) -> dict:
     """One training measurement: ``spec['mode']`` is ``bare`` or ``pipeline``."""
     c = Candidate(**spec.get("candidate", {}))
     _configure_tf(c)
     import keras
 
-    from pipeline import train as T
-    from pipeline.config import train_config, variant_spec
+    from pipeline.inputs import load_data
+    from pipeline.params import Params
+    from pipeline.train import TrainOptions, train
 
-    params_path = Path(spec["params"])
+    params = Params.load(Path(spec["params"]))
     prepared = Path(spec["prepared"])
-    params = load_params(params_path)
-    vspec = variant_spec(params, spec["variant"])
-    cfg = train_config(params)
+    vspec = params.variant(spec["variant"])
+    settings = params.train
     seed = int(spec["seed"])
     timer = _EpochTimer()
-    _patch_fit(timer)
     out: dict[str, Any] = {"mode": spec["mode"], "variant": vspec.name, "candidate": c.name,
-                           "batch_size": cfg.batch_size, "epochs": cfg.epochs}
+                           "batch_size": settings.batch_size, "epochs": settings.epochs}
 
     if spec["mode"] == "pipeline":
-        holder = {}
-        original_compile = T.compile_model
-
-        def compile_model(s, tc):
-            model = original_compile(s, tc)
-            if c.xla:
-                model.jit_compile = True  # after compile, before fit builds the train function
-            holder["model"] = model
-            return model
-
-        def seed_everything(s):
-            keras.utils.set_random_seed(s)
-            if c.determinism:
-                import tensorflow as tf
-
-                tf.config.experimental.enable_op_determinism()
-
-        T.compile_model = compile_model
-        T.seed_everything = seed_everything
-        original_finish = T.Diagnostics.finish
-        out["diagnostics_final_seconds"] = 0.0
-
-        def finish(self, *args, **kwargs):  # the measurements after fit, not in fit_seconds
-            started = time.perf_counter()
-            try:
-                return original_finish(self, *args, **kwargs)
-            finally:
-                out["diagnostics_final_seconds"] = time.perf_counter() - started
-
-        T.Diagnostics.finish = finish
-        if c.arrays:  # the pipeline's input side before train.batches: Keras' own, autotuned
-            T.fit_inputs = lambda x, y, tc, s: {"x": x, "y": y, "batch_size": tc.batch_size, "shuffle": tc.shuffle}
+        options = TrainOptions(callbacks=(timer.callback,), compile={"jit_compile": True} if c.xla else {},
+                               op_determinism=c.determinism, inputs="arrays" if c.arrays else "batches")
         started = time.perf_counter()
-        record = T.train(vspec.name, seed, params_path=params_path, prepared=prepared)
+        result = train(vspec.name, seed, params=params, prepared=prepared, options=options)
         out["train_call_seconds"] = time.perf_counter() - started
-        model = holder["model"]
-        n_train = round(record["images_per_second"] * record["train_seconds"] / cfg.epochs)
-        out.update(fit_seconds=record["train_seconds"], images_per_second=record["images_per_second"],
-                   test_loss=record["test_loss"], test_accuracy=record["test_accuracy"],
+        out["diagnostics_final_seconds"] = result.diagnostics_seconds
+        model = result.model
+        n_train = round(result.metrics["images_per_second"] * result.metrics["train_seconds"] / settings.epochs)
+        out.update(fit_seconds=result.metrics["train_seconds"], images_per_second=result.metrics["images_per_second"],
+                   test_loss=result.metrics["test_loss"], test_accuracy=result.metrics["test_accuracy"],
                    jit_compile=bool(model.jit_compile), steps_per_execution=int(model.steps_per_execution))
     else:
-        data = T.load_data(cfg, prepared)
+        data = load_data(settings, prepared)
         y_train = keras.utils.to_categorical(data["y_train"], 10)
         y_test = keras.utils.to_categorical(data["y_test"], 10)
         keras.utils.set_random_seed(seed)
         from pipeline.model import build_lenet
 
         model = build_lenet(vspec)
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum),
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=settings.learning_rate, momentum=settings.momentum),
                       loss="categorical_crossentropy", metrics=["accuracy"])
         n_train = len(y_train)
         start = time.perf_counter()
-        model.fit(data["x_train"], y_train, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=cfg.shuffle,
-                  verbose=0)
+        model.fit(data["x_train"], y_train, batch_size=settings.batch_size, epochs=settings.epochs,
+                  shuffle=settings.shuffle, verbose=0, callbacks=[timer.callback])
         seconds = time.perf_counter() - start
         test_loss, test_acc = model.evaluate(data["x_test"], y_test, batch_size=1000, verbose=0)
-        out.update(fit_seconds=seconds, images_per_second=cfg.epochs * n_train / seconds,
+        out.update(fit_seconds=seconds, images_per_second=settings.epochs * n_train / seconds,
                    test_loss=float(test_loss), test_accuracy=float(test_acc), jit_compile=bool(model.jit_compile),
                    steps_per_execution=int(model.steps_per_execution))
 
@@ -399,8 +363,8 @@ def _worker_hardware(spec: dict) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.config import variant_spec
     from pipeline.model import build_lenet
+    from pipeline.params import Params
 
     n, repeats = int(spec["matmul_n"]), int(spec["matmul_repeats"])
     rng = np.random.default_rng(0)
@@ -412,8 +376,8 @@ def _worker_hardware(spec: dict) -> dict:
     ta, tb = tf.constant(a), tf.constant(b)
     tf.linalg.matmul(ta, tb).numpy()
     tf_s = _best_of(lambda: tf.linalg.matmul(ta, tb).numpy(), repeats)
-    params = load_params(Path(spec["params"]))
-    flops = {name: flops_summary(build_lenet(variant_spec(params, name))) for name in spec["variants"]}
+    params = Params.load(Path(spec["params"]))
+    flops = {name: flops_summary(build_lenet(params.variant(name))) for name in spec["variants"]}
     return {"matmul_n": n, "matmul_repeats": repeats,
             "numpy_matmul_flops_per_second": flop / numpy_s, "tf_matmul_flops_per_second": flop / tf_s,
             "peak_flops_per_second": flop / min(numpy_s, tf_s), "flops": flops}

@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import figures, paths, stats, tracking
-from pipeline.config import (UserError, VariantSpec, load_params, run_main, section, seeds as read_seeds,
-                             train_config, variant_names, variant_spec)
+from pipeline.cli import run_main
+from pipeline.errors import UserError
+from pipeline.params import CompareSettings, Params, VariantSpec
 
 log = logging.getLogger("pipeline.compare")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -143,10 +144,10 @@ def variant_table(runs: dict[tuple[str, int], RunData], specs: dict[str, Variant
         else:
             lo, hi = stats.t_interval(acc, confidence)
             method = f"t across {len(mine)} seeds"
-        ref = reference.get(v) or {}
+        ref = reference.get(v)
         rows.append({
             "variant": v, "changes": spec.describe(),
-            "notebook_loss": ref.get("loss", np.nan), "notebook_accuracy": ref.get("accuracy", np.nan),
+            "notebook_loss": ref.loss if ref else np.nan, "notebook_accuracy": ref.accuracy if ref else np.nan,
             "n_seeds": len(mine),
             "test_loss_mean": loss_mean, "test_loss_std": loss_std,
             "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
@@ -158,17 +159,18 @@ def variant_table(runs: dict[tuple[str, int], RunData], specs: dict[str, Variant
     return pd.DataFrame(rows).sort_values("test_accuracy_mean", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def comparisons(runs: dict[tuple[str, int], RunData], variants: list[str], seeds: list[int], cfg: dict) -> pd.DataFrame:
+def comparisons(runs: dict[tuple[str, int], RunData], variants: list[str], seeds: list[int],
+                settings: CompareSettings) -> pd.DataFrame:
     """Each pair the notebook compared, and every variant against the control."""
-    control = cfg.get("control")
+    control = settings.control
     pairs: list[tuple[str, str]] = []
-    for pair in cfg.get("pairs") or []:
+    for pair in settings.pairs:
         a, b = pair
         if a in variants and b in variants and (a, b) not in pairs:
             pairs.append((a, b))
     if control in variants:
         pairs += [(v, control) for v in variants if v != control and (v, control) not in pairs]
-    alpha = float(cfg.get("alpha", 0.05))
+    alpha = settings.alpha
     rows = []
     for a, b in pairs:
         acc_a = [runs[(a, s)].test_accuracy for s in seeds]
@@ -199,13 +201,12 @@ def _ref(x: float, digits: int) -> str:
     return "–" if pd.isna(x) else f"{x:.{digits}f}"
 
 
-def render_markdown(table: pd.DataFrame, sig: pd.DataFrame, params: dict, seeds: list[int], uri: str,
+def render_markdown(table: pd.DataFrame, sig: pd.DataFrame, params: Params, seeds: list[int], uri: str,
                     experiment: str, figure_names: list[str], extra_sections: list[str], n_train: int,
                     n_test: int) -> str:
-    cfg = params["compare"]
-    train = train_config(params)
-    conf = int(round(100 * float(cfg.get("confidence", 0.95))))
-    alpha = float(cfg.get("alpha", 0.05))
+    train = params.train
+    conf = int(round(100 * params.compare.confidence))
+    alpha = params.compare.alpha
     lines = [
         "# LeNet-5 on MNIST: batch norm, dropout, both, or neither",
         "",
@@ -319,11 +320,10 @@ def log_summary_run(uri: str, experiment_id: str, table: pd.DataFrame, sig: pd.D
 
 
 def compare(params_path: Path = paths.PARAMS, results: Path = paths.RESULTS, reports: Path = paths.REPORTS) -> pd.DataFrame:
-    params = load_params(params_path)
-    cfg = section(params, "compare")
-    variants = variant_names(params)
-    specs = {v: variant_spec(params, v) for v in variants}
-    seeds = read_seeds(params)
+    params = Params.load(params_path)
+    variants = list(params.variants)
+    specs = params.variants
+    seeds = params.seeds
     records = read_records(variants, seeds, results)
     uri = tracking.tracking_uri()
     runs = fetch_runs(records, uri)
@@ -332,10 +332,9 @@ def compare(params_path: Path = paths.PARAMS, results: Path = paths.RESULTS, rep
         if not math.isclose(rec["test_accuracy"], r.test_accuracy, rel_tol=1e-9):
             raise UserError(f"{key[0]}-s{key[1]}: record says test_accuracy {rec['test_accuracy']}, MLflow run "
                             f"{r.run_id} says {r.test_accuracy}; re-run `dvc repro -f train@{key[0]}-{key[1]}`")
-    confidence = float(cfg.get("confidence", 0.95))
-    table = variant_table(runs, specs, cfg.get("reference") or {}, confidence)
-    sig = comparisons(runs, variants, seeds, cfg)
-    experiment = section(params, "mlflow")["experiment"]
+    table = variant_table(runs, specs, params.compare.reference, params.compare.confidence)
+    sig = comparisons(runs, variants, seeds, params.compare)
+    experiment = params.mlflow.experiment
 
     from pipeline import diagnostics_report
 

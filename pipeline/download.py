@@ -21,7 +21,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from pipeline import paths
-from pipeline.config import UserError, load_params, run_main, section
+from pipeline.cli import run_main
+from pipeline.errors import UserError
+from pipeline.params import DownloadSettings, Params
 from pipeline.idx import IdxError, payload_sha256
 
 log = logging.getLogger("pipeline.download")
@@ -41,12 +43,9 @@ def _local_dir(source: str) -> Path:
     return path
 
 
-def sources(cfg: dict) -> list[str]:
-    mirrors = cfg.get("mirrors") or []
-    if not isinstance(mirrors, list):
-        raise UserError("params: 'download.mirrors' must be a list of URLs or folders")
+def sources(settings: DownloadSettings) -> list[str]:
     env = os.environ.get("MNIST_MIRROR", "").strip()
-    return ([env] if env else []) + [str(m) for m in mirrors]
+    return ([env] if env else []) + list(settings.mirrors)
 
 
 def _fetch_to(source: str, name: str, tmp_dir: Path) -> Path:
@@ -107,18 +106,15 @@ def fetch_file(name: str, sha256: str, srcs: list[str], raw_dir: Path) -> Path:
     raise UserError(f"could not get a verified copy of {name}; tried {len(tried)} source(s): " + "; ".join(tried))
 
 
-def download(cfg: dict, raw_dir: Path = paths.RAW) -> list[Path]:
-    files = cfg.get("files")
-    if not isinstance(files, dict) or not files:
-        raise UserError("params: 'download.files' must map each file name to the SHA-256 of its payload")
+def download(settings: DownloadSettings, raw_dir: Path = paths.RAW) -> list[Path]:
     raw_dir.mkdir(parents=True, exist_ok=True)
-    srcs = sources(cfg)
-    return [fetch_file(name, str(sha), srcs, raw_dir) for name, sha in files.items()]
+    srcs = sources(settings)
+    return [fetch_file(name, sha, srcs, raw_dir) for name, sha in settings.files.items()]
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run_main(lambda: download(section(load_params(), "download")))
+    run_main(lambda: download(Params.load().download))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 # Third byte of the magic number -> dtype; MNIST uses only 0x08 (unsigned byte).
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

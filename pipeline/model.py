@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pipeline.config import VariantSpec
+from pipeline.params import VariantSpec
 
 INPUT_SHAPE = (28, 28, 1)
 N_CLASSES = 10

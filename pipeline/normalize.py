@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import paths
-from pipeline.config import UserError, load_params, run_main, section
+from pipeline.cli import run_main
+from pipeline.errors import UserError
+from pipeline.params import NormalizeSettings, Params
 from pipeline.idx import IdxError, read_idx
 
 log = logging.getLogger("pipeline.normalize")
@@ -58,11 +60,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def normalize(cfg: dict, raw_dir: Path = paths.RAW, out_dir: Path = paths.PREPARED,
+def normalize(settings: NormalizeSettings, raw_dir: Path = paths.RAW, out_dir: Path = paths.PREPARED,
               summary_path: Path = paths.DATA_SUMMARY) -> dict:
-    scale = cfg.get("scale")
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale <= 0:
-        raise UserError(f"params: 'normalize.scale' = {scale!r} is invalid: must be a number > 0")
+    scale = settings.scale
     summary: dict = {"scale": float(scale)}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".prepared-", dir=out_dir.parent))
@@ -70,7 +70,7 @@ def normalize(cfg: dict, raw_dir: Path = paths.RAW, out_dir: Path = paths.PREPAR
         for split in SPLITS:
             x, y = load_split(raw_dir, split, float(scale))
             if x.max(initial=0) > 1.0 or x.min(initial=0) < 0.0:
-                raise UserError(f"normalize.scale = {scale} leaves pixels outside [0, 1]; MNIST pixels need 255")
+                raise UserError(f"normalize.scale = {scale:g} leaves pixels outside [0, 1]; MNIST pixels need 255")
             np.save(tmp / f"x_{split}.npy", x)
             np.save(tmp / f"y_{split}.npy", y)
             counts = np.bincount(y, minlength=10)
@@ -108,7 +108,7 @@ def load_prepared(prepared: Path = paths.PREPARED, mmap: bool = True) -> dict[st
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    run_main(lambda: normalize(section(load_params(), "normalize")))
+    run_main(lambda: normalize(Params.load().normalize))
 
 
 if __name__ == "__main__":

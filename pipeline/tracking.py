@@ -7,18 +7,21 @@ Credentials come only from MLflow's own variables (``MLFLOW_TRACKING_USERNAME``,
 ``MLFLOW_TRACKING_PASSWORD``, ``MLFLOW_TRACKING_TOKEN``) and are never logged.
 Out: ``prepare_experiment(name)`` returns the experiment id after checking that the
 store answers, creating store and experiment under a file lock, so parallel stages
-never migrate a fresh SQLite store at the same time.
+never migrate a fresh SQLite store at the same time; ``mlflow_run(...)`` is the context
+of one run that ends FINISHED, KILLED or FAILED, never RUNNING.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
 from pipeline import paths
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
@@ -118,3 +121,60 @@ def prepare_experiment(name: str, uri: str | None = None) -> str:
             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or rename mlflow.experiment in params.yaml"
         )
     return exp.experiment_id
+
+
+@contextmanager
+def mlflow_run(experiment_id: str, run_name: str, tags: dict):
+    """Start the run; under ``mlflow run`` reuse the launcher's run when it is in our experiment.
+
+    The run ends FINISHED only when the body completes; an interrupt ends it KILLED,
+    any other error FAILED, so a report can never pick up a half-run.
+    """
+    import mlflow
+
+    launcher_id = os.environ.get("MLFLOW_RUN_ID")
+    run_id = None
+    if launcher_id:
+        launcher = mlflow.MlflowClient().get_run(launcher_id)
+        if launcher.info.experiment_id == experiment_id:
+            run_id = launcher_id
+        else:
+            # `mlflow run` without --experiment-name puts its run in another experiment;
+            # training goes to the study's experiment and the launcher's run points at it.
+            os.environ.pop("MLFLOW_RUN_ID")
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=tags)
+    if launcher_id and run_id is None:
+        client = mlflow.MlflowClient()
+        client.set_tag(launcher_id, "pipeline.training_run", run.info.run_id)
+        client.set_tag(launcher_id, "mlflow.note.content",
+                       f"Training was logged in experiment {experiment_id}, run {run.info.run_id}. "
+                       "Pass --experiment-name to `mlflow run` to log it here instead.")
+    try:
+        yield run
+    except KeyboardInterrupt as exc:
+        _release_store(exc)
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def _release_store(exc: BaseException) -> None:
+    """Drop the frames an interrupt left behind, and with them any half-read SQLite cursor.
+
+    A signal that lands inside an MLflow call on a SQLite store can leave a statement open in
+    those frames; its lock, held by this very process, would make ending the run wait out
+    MLflow's 20 s busy timeout and fail, leaving the run RUNNING. An interrupt's traceback
+    is never shown (``run_main`` prints one line), so nothing is lost.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            tb.tb_next, tb = None, tb.tb_next
+        exc = exc.__context__
+    gc.collect()

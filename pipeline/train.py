@@ -1,481 +1,273 @@
 """Stage ``train``: one LeNet-5 variant, one seed, one MLflow run.
 
-In: ``data/prepared`` (made first if missing), ``params.yaml`` sections ``variants.<name>``,
-``train``, ``mlflow`` and ``diagnostics``; command-line overrides (``--epochs`` …) for
-``mlflow run``. The seed fixes Python, NumPy, TF initialisers, shuffling and dropout
-masks, with TF op determinism on, so a (variant, seed) pair gives the same numbers twice.
+In: ``data/prepared`` (made first if missing), ``params.yaml`` (the whole file is validated;
+this stage reads ``variants.<name>``, ``train``, ``mlflow`` and ``diagnostics``) and
+command-line overrides (``--epochs`` …) for ``mlflow run``. The seed fixes Python, NumPy,
+TF initialisers, shuffling and dropout masks, with TF op determinism on, so a
+(variant, seed) pair gives the same numbers twice.
 
 Out: an MLflow run ``<variant>-s<seed>`` in the study's experiment holding the resolved
-config as params, per-epoch and final metrics, BN weights, predictions, confusion
-matrix, model summary, diagnostics, and the Keras model; with ``--record DIR`` also
-``DIR/record.json`` (run id, test metrics: ``dvc metrics``) and ``DIR/history.csv``
-(per-epoch curves: ``dvc plots``), written only after the run finished.
+settings as params, per-epoch and final metrics, BN weights, predictions, confusion
+matrix, model summary, diagnostics, and the Keras model; with ``--record DIR`` also the
+DVC record in ``DIR`` (``record.json``, ``metrics.json``, ``history.csv``), written only
+after the run finished. ``train(...)`` returns all of it as a ``TrainResult``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import json
-import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
 from pipeline import paths, tracking
-from pipeline.config import (DiagnosticsConfig, TrainConfig, UserError, VariantSpec, diagnostics_config,
-                             load_params, run_main, section, seeds as read_seeds, train_config, variant_names,
-                             variant_spec)
+from pipeline.artifacts import write_artifacts, write_record
+from pipeline.cli import run_main
+from pipeline.errors import UserError
+from pipeline.inputs import ensure_prepared, fit_inputs, load_data
+from pipeline.params import Params, VariantSpec
 
-log = logging.getLogger("pipeline.train")
-
-METRIC_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-COADAPTATION_LAYER = "fc1_tanh"  # the Dense(84) units after tanh
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.train", description="Train one LeNet-5 variant.")
-    p.add_argument("--variant", required=True, help="a key of 'variants' in params.yaml")
-    p.add_argument("--seed", default="0")
-    # Overrides of params.yaml 'train'; empty means "as in params.yaml" (what MLproject passes by default).
-    for flag in ("epochs", "batch-size", "learning-rate", "momentum", "train-limit", "test-limit"):
-        p.add_argument(f"--{flag}", default="")
-    p.add_argument("--record", type=Path, help="directory for the DVC record (record.json, history.csv)")
-    p.add_argument("--dvc-stage", default="", help="the DVC stage name, logged as a tag")
-    p.add_argument("--params", type=Path, default=paths.PARAMS)
-    return p.parse_args(argv)
+TEST_BATCH = 1000
 
 
-def _number(flag: str, text: str):
-    if text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"--{flag} = {text!r} is not a number") from None
-    return int(value) if value.is_integer() and flag not in ("learning-rate", "momentum") else value
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a caller (benchmark, test, cluster executor) runs a training without changing its math.
+
+    ``callbacks`` are added to ``fit`` after the stage's own; ``compile`` holds extra
+    ``model.compile`` keyword arguments (e.g. ``jit_compile``); ``op_determinism`` off
+    trades reproducibility for speed; ``inputs`` is ``batches`` (the stage's seeded
+    ``tf.data`` input) or ``arrays`` (NumPy arrays straight into ``fit``).
+    """
+
+    callbacks: Sequence[Any] = ()
+    compile: dict[str, Any] = field(default_factory=dict)
+    op_determinism: bool = True
+    inputs: str = "batches"
 
 
-def _seed(text: str) -> int:
-    value = _number("seed", text)
-    if value is None or not float(value).is_integer() or value < 0:
-        raise UserError(f"--seed = {text!r} is invalid: must be a whole number >= 0")
-    return int(value)
+@dataclass(frozen=True)
+class TrainSetup:
+    """Everything a training needs, resolved and checked before anything is trained or logged."""
+
+    params: Params
+    spec: VariantSpec
+    seed: int
+    experiment_id: str
+    prepared: Path
+    data_summary: dict
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.spec.name}-s{self.seed}"
 
 
-def overrides_from(args: argparse.Namespace) -> dict:
-    return {
-        "epochs": _number("epochs", args.epochs),
-        "batch_size": _number("batch-size", args.batch_size),
-        "learning_rate": _number("learning-rate", args.learning_rate),
-        "momentum": _number("momentum", args.momentum),
-        "train_limit": _number("train-limit", args.train_limit),
-        "test_limit": _number("test-limit", args.test_limit),
-    }
+@dataclass
+class TrainResult:
+    """What one training made: the model, its history, its final metrics and where it was logged."""
+
+    run_id: str
+    experiment_id: str
+    model: Any
+    history: list[dict]
+    metrics: dict[str, float]
+    record: dict[str, Any]
+    diagnostics_seconds: float = 0.0
 
 
-def seed_everything(seed: int) -> None:
+# --- The steps --------------------------------------------------------------------------------
+
+
+def resolve(variant: str, seed: int, params: Params, prepared: Path | None) -> TrainSetup:
+    """The variant's spec, the experiment (failing fast when the store is unreachable) and the data."""
+    import json
+
+    spec = params.variant(variant)
+    if seed < 0:
+        raise UserError(f"--seed = {seed} is invalid: must be >= 0")
+    experiment_id = tracking.prepare_experiment(params.mlflow.experiment)
+    if prepared is None:
+        ensure_prepared(params)
+        prepared = paths.PREPARED
+    summary_path = prepared.parent / "summary.json"
+    data_summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return TrainSetup(params, spec, seed, experiment_id, prepared, data_summary)
+
+
+def seed_everything(seed: int, op_determinism: bool = True) -> None:
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)  # Python, NumPy and the backend's global seed
-    tf.config.experimental.enable_op_determinism()
+    if op_determinism:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
 
-def load_data(cfg: TrainConfig, prepared: Path = paths.PREPARED) -> dict[str, np.ndarray]:
-    from pipeline.normalize import load_prepared
-
-    arrays = load_prepared(prepared)
-    out = {}
-    for split, limit in (("train", cfg.train_limit), ("test", cfg.test_limit)):
-        n = len(arrays[f"y_{split}"]) if limit is None else min(limit, len(arrays[f"y_{split}"]))
-        out[f"x_{split}"] = np.ascontiguousarray(arrays[f"x_{split}"][:n])
-        out[f"y_{split}"] = np.ascontiguousarray(arrays[f"y_{split}"][:n]).astype(np.int64)
-    return out
-
-
-def ensure_prepared(params: dict) -> None:
-    """``mlflow run`` outside DVC: make the data the way the DVC stages would."""
-    if all((paths.PREPARED / f"{k}.npy").exists() for k in ("x_train", "y_train", "x_test", "y_test")):
-        return
-    from pipeline.download import download
-    from pipeline.normalize import normalize
-
-    log.info("data/prepared is missing: running the download and normalize stages first")
-    download(section(params, "download"))
-    normalize(section(params, "normalize"))
-
-
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False, seed: int = 0):
-    """``(x, y)`` as a ``tf.data`` pipeline of batches: the input side of ``fit`` and ``evaluate``.
-
-    It does what Keras does with NumPy arrays (a new permutation of the indices every
-    epoch, one gather per batch, one batch prefetched), with one difference: tf.data's
-    autotuner is off, so the input side never sizes itself up against training on a small
-    machine. On 2 cores, Keras' autotuned pipeline ran some whole epochs at about 55% speed
-    (2,900 instead of 5,100 images/s for ``bn_hidden``: 5 of 12 epochs in a probe, 0 of 12
-    with the autotuner off) and its first epoch is slower; see ``reports/benchmark.md``.
-    Shuffling is seeded: the same seed gives the same order, and every epoch a new one.
-    """
-    import tensorflow as tf
-
-    n = len(x)
-    xs, ys = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-    order = tf.data.Dataset.range(n)
-    if shuffle:
-        order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = order.batch(batch_size).map(lambda i: (tf.gather(xs, i), tf.gather(ys, i))).prefetch(1)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    options.deterministic = True
-    return ds.with_options(options)
-
-
-def fit_inputs(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int) -> dict:
-    """Keyword arguments for ``model.fit`` that feed the training data (shuffled by ``batches``)."""
-    return {"x": batches(x, y, cfg.batch_size, shuffle=cfg.shuffle, seed=seed), "shuffle": False}
-
-
-def compile_model(spec: VariantSpec, cfg: TrainConfig):
+def build(setup: TrainSetup, options: TrainOptions):
+    """The seeded, compiled model: plain SGD and categorical cross-entropy, as in the notebook."""
     import keras
 
     from pipeline.model import build_lenet
 
-    model = build_lenet(spec)
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=cfg.steps_per_execution,
-    )
+    seed_everything(setup.seed, options.op_determinism)
+    settings = setup.params.train
+    model = build_lenet(setup.spec)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=settings.learning_rate, momentum=settings.momentum),
+                  loss="categorical_crossentropy", metrics=["accuracy"],
+                  **{"steps_per_execution": settings.steps_per_execution, **options.compile})
     return model
 
 
-def git_commit() -> str:
+def run_tags(setup: TrainSetup, dvc_stage: str) -> dict[str, str]:
+    tags = {"variant": setup.spec.name, "seed": str(setup.seed), "git_commit": _git_commit(),
+            "dvc_stage": dvc_stage, "tracking_store": tracking.redact(tracking.tracking_uri())}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def log_setup(setup: TrainSetup, model, data: dict) -> None:
+    """The resolved settings as params, the parameter counts, and the datasets as inputs."""
+    import mlflow
+
+    from pipeline.model import parameter_counts
+
+    mlflow.log_params(flat_params(setup, data))
+    mlflow.log_params({f"model.params_{k}": v for k, v in parameter_counts(model).items()})
+    for split, context in (("train", "training"), ("test", "testing")):
+        dataset = mlflow.data.from_numpy(data[f"x_{split}"], targets=data[f"y_{split}"], name=f"mnist-{split}")
+        mlflow.log_input(dataset, context=context)
+
+
+def flat_params(setup: TrainSetup, data: dict) -> dict[str, Any]:
+    flat = {f"variant.{k}": v for k, v in setup.spec.model_dump().items()}
+    flat.update(setup.params.train.flat())
+    flat.update({"train.seed": setup.seed, "train.optimizer": "SGD", "train.loss": "categorical_crossentropy",
+                 "data.n_train": len(data["y_train"]), "data.n_test": len(data["y_test"]),
+                 "data.scale": setup.data_summary.get("scale", "")})
+    for split in ("train", "test"):
+        flat[f"data.{split}_digest"] = setup.data_summary.get(split, {}).get("digest", "")
+    flat.update({f"diagnostics.{k}": v for k, v in setup.params.diagnostics.model_dump().items()})
+    return flat
+
+
+def fit(model, data: dict, setup: TrainSetup, options: TrainOptions, callbacks: list
+        ) -> tuple[list[dict], dict[str, float]]:
+    """Train for the configured epochs; the history has one row per epoch (train and test metrics)."""
+    import keras
+
+    from pipeline.callbacks import EpochLogger, SignalGuard
+    from pipeline.inputs import batches
+
+    settings = setup.params.train
+    history: list[dict] = []
+    y_train = keras.utils.to_categorical(data["y_train"], 10)
+    test_batches = batches(data["x_test"], keras.utils.to_categorical(data["y_test"], 10),
+                           max(settings.batch_size, TEST_BATCH))
+    start = time.perf_counter()
+    model.fit(**fit_inputs(data["x_train"], y_train, settings, setup.seed, options.inputs), epochs=settings.epochs,
+              verbose=0, callbacks=[SignalGuard(), EpochLogger(test_batches, history), *callbacks, *options.callbacks])
+    seconds = time.perf_counter() - start
+    return history, {"train_seconds": seconds, "images_per_second": settings.epochs * len(y_train) / seconds}
+
+
+def log_outputs(setup: TrainSetup, model, data: dict, history: list[dict], diagnostics) -> tuple[np.ndarray, float]:
+    """Artifacts and final diagnostics; returns the test-set probabilities and the diagnostics' seconds."""
+    import mlflow
+
+    probs = model.predict(data["x_test"], batch_size=TEST_BATCH, verbose=0)
+    seconds = 0.0
+    with tempfile.TemporaryDirectory(prefix="lenet-artifacts-") as tmp:
+        write_artifacts(Path(tmp), model, setup.spec, data, probs, history)
+        if diagnostics is not None:
+            start = time.perf_counter()
+            diagnostics.finish(Path(tmp) / "diagnostics", f"{setup.run_name}: inputs of tanh and BN layers (probe batch)")
+            seconds = time.perf_counter() - start
+        mlflow.log_artifacts(tmp)
+    return probs, seconds
+
+
+def log_model(model, x_example: np.ndarray, probs: np.ndarray) -> None:
+    import keras
+    import mlflow
+    from mlflow.models import infer_signature
+
+    mlflow.keras.log_model(
+        model, name="model", signature=infer_signature(x_example, probs),
+        pip_requirements=[f"tensorflow-cpu=={_version('tensorflow-cpu')}", f"keras=={keras.__version__}",
+                          f"mlflow=={mlflow.__version__}"],
+    )
+
+
+# --- The stage --------------------------------------------------------------------------------
+
+
+def train(variant: str, seed: int, *, params: Params | None = None, params_path: Path = paths.PARAMS,
+          overrides: dict | None = None, record_dir: Path | None = None, dvc_stage: str = "",
+          prepared: Path | None = None, options: TrainOptions = TrainOptions()) -> TrainResult:
+    """Train one (variant, seed) as one MLflow run; write the DVC record to ``record_dir`` if given."""
+    import mlflow
+
+    from pipeline.training_diagnostics import RunDiagnostics
+
+    setup = resolve(variant, seed, (params or Params.load(params_path)).with_train(overrides), prepared)
+    data = load_data(setup.params.train, setup.prepared)
+    model = build(setup, options)
+    diag = RunDiagnostics(setup.params.diagnostics, model, data["x_test"]) if setup.params.diagnostics.any else None
+    callbacks = [diag.monitor] if diag is not None and diag.monitor is not None else []
+    with tracking.mlflow_run(setup.experiment_id, setup.run_name, run_tags(setup, dvc_stage)) as run:
+        log_setup(setup, model, data)
+        _say_start(setup, model, data, run.info.run_id)
+        history, speed = fit(model, data, setup, options, callbacks)
+        # The last epoch's test metrics are the final ones; logging them again (at step 0)
+        # would add a spurious point to the per-epoch curves.
+        mlflow.log_metrics(speed)
+        probs, diag_seconds = log_outputs(setup, model, data, history, diag)
+        log_model(model, data["x_test"][:2], probs[:2])
+    metrics = {"test_loss": history[-1]["test_loss"], "test_accuracy": history[-1]["test_accuracy"], **speed}
+    result = TrainResult(run.info.run_id, setup.experiment_id, model, history, metrics,
+                         _record(setup, run.info.run_id, metrics, model), diag_seconds)
+    _say_done(setup, result)
+    if record_dir is not None:
+        write_record(record_dir, result.record, history)
+    return result
+
+
+def _record(setup: TrainSetup, run_id: str, metrics: dict, model) -> dict[str, Any]:
+    from pipeline.model import parameter_counts
+
+    return {"run_id": run_id, "experiment_id": setup.experiment_id, "variant": setup.spec.name, "seed": setup.seed,
+            **metrics, "parameters": parameter_counts(model)["total"]}
+
+
+def _say_start(setup: TrainSetup, model, data: dict, run_id: str) -> None:
+    from pipeline.model import parameter_counts
+
+    print(f"training {setup.run_name}: {setup.spec.describe()}; {parameter_counts(model)['total']:,} parameters; "
+          f"{len(data['y_train'])} images, {setup.params.train.epochs} epoch(s), run {run_id}", flush=True)
+
+
+def _say_done(setup: TrainSetup, result: TrainResult) -> None:
+    m = result.metrics
+    print(f"done {setup.run_name}: test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}, "
+          f"{m['train_seconds']:.1f} s ({m['images_per_second']:.0f} images/s); run {result.run_id}", flush=True)
+
+
+def _git_commit() -> str:
+    import subprocess
+
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True, text=True,
                               timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def flat_params(spec: VariantSpec, cfg: TrainConfig, seed: int, data: dict, summary: dict,
-                diag_cfg: DiagnosticsConfig) -> dict:
-    import dataclasses
-
-    flat = {f"variant.{k}": v for k, v in dataclasses.asdict(spec).items()}
-    flat["variant.name"] = spec.name
-    flat.update(cfg.flat())
-    flat["train.seed"] = seed
-    flat["train.optimizer"] = "SGD"
-    flat["train.loss"] = "categorical_crossentropy"
-    flat["data.n_train"] = len(data["y_train"])
-    flat["data.n_test"] = len(data["y_test"])
-    for split in ("train", "test"):
-        flat[f"data.{split}_digest"] = summary.get(split, {}).get("digest", "")
-    flat["data.scale"] = summary.get("scale", "")
-    flat.update({f"diagnostics.{k}": v for k, v in dataclasses.asdict(diag_cfg).items()})
-    return flat
-
-
-@contextmanager
-def mlflow_run(experiment_id: str, run_name: str, tags: dict):
-    """Start the run; under ``mlflow run`` reuse the launcher's run when it is in our experiment.
-
-    The run ends FINISHED only when the body completes; an interrupt ends it KILLED,
-    any other error FAILED, so a report can never pick up a half-run.
-    """
-    import mlflow
-
-    launcher_id = os.environ.get("MLFLOW_RUN_ID")
-    run_id = None
-    if launcher_id:
-        launcher = mlflow.MlflowClient().get_run(launcher_id)
-        if launcher.info.experiment_id == experiment_id:
-            run_id = launcher_id
-        else:
-            # `mlflow run` without --experiment-name puts its run in another experiment;
-            # training goes to the study's experiment and the launcher's run points at it.
-            os.environ.pop("MLFLOW_RUN_ID")
-            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=tags)
-    if launcher_id and run_id is None:
-        client = mlflow.MlflowClient()
-        client.set_tag(launcher_id, "pipeline.training_run", run.info.run_id)
-        client.set_tag(launcher_id, "mlflow.note.content",
-                       f"Training was logged in experiment {experiment_id}, run {run.info.run_id}. "
-                       "Pass --experiment-name to `mlflow run` to log it here instead.")
-    try:
-        yield run
-    except KeyboardInterrupt as exc:
-        _release_store(exc)
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run(status="FINISHED")
-
-
-def _release_store(exc: BaseException) -> None:
-    """Drop the frames an interrupt left behind, and with them any half-read SQLite cursor.
-
-    A signal that lands inside an MLflow call on a SQLite store can leave a statement open in
-    those frames; its lock, held by this very process, would make ending the run wait out
-    MLflow's 20 s busy timeout and fail, leaving the run RUNNING. An interrupt's traceback
-    is never shown (``run_main`` prints one line), so nothing is lost.
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        tb = exc.__traceback__
-        while tb is not None:
-            tb.tb_next, tb = None, tb.tb_next
-        exc = exc.__context__
-    gc.collect()
-
-
-def _epoch_logger(x_test, y_test_onehot, batch_size: int, history: list[dict]):
-    import keras
-    import mlflow
-
-    test_batches = batches(x_test, y_test_onehot, max(batch_size, 1000))
-
-    class EpochLogger(keras.callbacks.Callback):
-        """Test metrics after every epoch, logged with step = epoch (1-based)."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            test_loss, test_acc = self.model.evaluate(test_batches, verbose=0)
-            row = {"epoch": epoch + 1, "train_loss": float(logs["loss"]), "train_accuracy": float(logs["accuracy"]),
-                   "test_loss": float(test_loss), "test_accuracy": float(test_acc)}
-            history.append(row)
-            mlflow.log_metrics({k: row[k] for k in METRIC_KEYS}, step=row["epoch"])
-            print(f"epoch {row['epoch']}/{self.params['epochs']}: loss {row['train_loss']:.4f} "
-                  f"acc {row['train_accuracy']:.4f} | test loss {row['test_loss']:.4f} "
-                  f"acc {row['test_accuracy']:.4f}", flush=True)
-
-    return EpochLogger()
-
-
-def _signal_guard():
-    import keras
-
-    from pipeline import config
-
-    class SignalGuard(keras.callbacks.Callback):
-        """Raises, at the next batch, an interrupt Python swallowed (see config.pending_signals)."""
-
-        def on_train_batch_begin(self, batch, logs=None):
-            config.raise_pending_signal()
-
-    return SignalGuard()
-
-
-def write_artifacts(out: Path, model, spec: VariantSpec, data: dict, probs: np.ndarray, history: list[dict]) -> None:
-    """Everything a run keeps besides metrics and the model, into ``out``."""
-    import pandas as pd
-    from sklearn.metrics import confusion_matrix
-
-    from pipeline import figures
-    from pipeline.model import bn_layers, bn_site
-
-    y = data["y_test"]
-    pred = probs.argmax(axis=1)
-    pd.DataFrame({"index": np.arange(len(y)), "label": y, "predicted": pred,
-                  "probability": probs[np.arange(len(y)), pred].round(6), "correct": (pred == y).astype(int)}
-                 ).to_csv(out / "predictions.csv", index=False)
-    cm = confusion_matrix(y, pred, labels=list(range(10)))
-    pd.DataFrame(cm, index=[f"true_{i}" for i in range(10)], columns=[f"pred_{i}" for i in range(10)]
-                 ).to_csv(out / "confusion_matrix.csv")
-    figures.confusion_matrix(cm, out / "confusion_matrix.png", f"{spec.name}: test confusion matrix")
-    pd.DataFrame(history).to_csv(out / "history.csv", index=False)
-
-    lines: list[str] = []
-    # Keras renders with rich, which crops to the console: 80 columns when stdout is not a
-    # terminal (DVC, mlflow run). A wider table silently loses its "Param #" column.
-    model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=80)
-    (out / "model_summary.txt").write_text("\n".join(lines) + "\n")
-
-    bn_dir = out / "bn_weights"  # created only for a model with BN layers
-    summary = {}
-    weights = {}
-    for layer in bn_layers(model):
-        site = bn_site(layer.name)
-        bn_dir.mkdir(exist_ok=True)
-        w = {"gamma": layer.gamma.numpy(), "beta": layer.beta.numpy(),
-             "moving_mean": layer.moving_mean.numpy(), "moving_variance": layer.moving_variance.numpy()}
-        np.savez(bn_dir / f"{site}.npz", **w)
-        weights[site] = w
-        summary[site] = {name: {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
-                                "min": float(v.min()), "max": float(v.max())} for name, v in w.items()}
-    if weights:
-        (bn_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        figures.bn_distributions({spec.name: weights}, bn_dir / "distributions.png")
-
-
-class Diagnostics:
-    """Wires pipeline.diagnostics into a training run: metrics while training, artifacts after.
-
-    Only the diagnostics switched on in ``cfg`` run; ``monitor`` (the callback for ``fit``)
-    is None when neither covariate shift nor co-adaptation is on.
-    """
-
-    def __init__(self, cfg: DiagnosticsConfig, model, x_test: np.ndarray):
-        from pipeline import diagnostics
-
-        self.cfg = cfg
-        self.model = model
-        self.probe_x = x_test[-min(cfg.probe_size, len(x_test)):]
-        self.variance_x = x_test[:min(cfg.variance_shift_images, len(x_test))]
-        self.monitor = None
-        if cfg.covariate_shift or cfg.coadaptation:
-            self.monitor = diagnostics.CovariateShiftMonitor(
-                self.probe_x, cfg.every_n_batches, self._on_record,
-                coadaptation_layer=COADAPTATION_LAYER if cfg.coadaptation else None,
-                covariate_shift=cfg.covariate_shift)
-
-    def _on_record(self, step: int, record: dict, coadaptation: float | None) -> None:
-        import mlflow
-
-        metrics = {f"ics.{k}": v for k, v in record.items()}
-        if coadaptation is not None:
-            metrics["coadaptation.fc1"] = coadaptation
-        mlflow.log_metrics(metrics, step=step)
-
-    def finish(self, out: Path, title: str) -> dict:
-        """After training: final measurements as metrics, history/summary/figure as artifacts."""
-        import mlflow
-        import pandas as pd
-
-        from pipeline import diagnostics
-
-        start = time.perf_counter()
-        out.mkdir(parents=True, exist_ok=True)
-        summary: dict = {"probe_size": len(self.probe_x), "every_n_batches": self.cfg.every_n_batches}
-        metrics: dict[str, float] = {}
-        monitor = self.monitor
-        if monitor is not None and (not monitor.history or monitor.history[-1][0] < monitor.steps_done):
-            monitor.record(monitor.steps_done)  # the end of training is a checkpoint too
-        if self.cfg.covariate_shift:
-            summary["drift"] = diagnostics.drift_summary(monitor.history)
-            pd.DataFrame([{"step": s, **r} for s, r in monitor.history]).to_csv(out / "history.csv", index=False)
-            diagnostics.plot_percentiles(monitor.history, out / "covariate_shift.png", title)
-        if self.cfg.coadaptation:
-            summary["coadaptation_fc1"] = metrics["coadaptation_fc1"] = monitor.coadaptation_history[-1][1]
-            summary["coadaptation_history"] = monitor.coadaptation_history
-            # The probe images' fc1 activations at the end: the report compares variants on them, image by image.
-            np.save(out / "fc1_activations.npy", monitor.last_output.astype(np.float32))
-        if self.cfg.variance_shift:
-            ratios = diagnostics.variance_ratios(self.model, self.variance_x)  # one pass, batched
-            summary["variance_shift"] = diagnostics.shift_from_ratios(ratios)
-            summary["variance_ratio_mean"] = {k: float(np.mean(v)) for k, v in ratios.items()}
-            metrics.update({f"variance_shift.{k}": v for k, v in summary["variance_shift"].items()})
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-        mlflow.log_metrics({**metrics, "diagnostics_final_seconds": time.perf_counter() - start})
-        return summary
-
-
-def write_record(record_dir: Path, record: dict, history: list[dict]) -> None:
-    import pandas as pd
-
-    record_dir.mkdir(parents=True, exist_ok=True)
-    for name, write in (("history.csv", lambda p: pd.DataFrame(history).to_csv(p, index=False)),
-                        ("record.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))):
-        tmp = record_dir / f".{name}.tmp"
-        write(tmp)
-        os.replace(tmp, record_dir / name)
-
-
-def train(variant: str, seed: int, overrides: dict | None = None, record_dir: Path | None = None,
-          dvc_stage: str = "", params_path: Path = paths.PARAMS, prepared: Path | None = None) -> dict:
-    params = load_params(params_path)
-    spec = variant_spec(params, variant)
-    # The whole study's settings, not only this stage's: under `dvc repro` a broken variant or
-    # seed list then stops the first training, not a later one after others have trained.
-    for name in variant_names(params):
-        variant_spec(params, name)
-    read_seeds(params)
-    cfg = train_config(params, overrides)
-    diag_cfg = diagnostics_config(params)
-    if seed < 0:
-        raise UserError(f"--seed = {seed} is invalid: must be >= 0")
-    experiment = section(params, "mlflow").get("experiment")
-    if not experiment or not isinstance(experiment, str):
-        raise UserError("params: 'mlflow.experiment' must name the experiment")
-    experiment_id = tracking.prepare_experiment(experiment)  # fails fast when the store is unreachable
-
-    if prepared is None:
-        ensure_prepared(params)
-        prepared = paths.PREPARED
-    summary_path = prepared.parent / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-
-    import keras
-    import mlflow
-
-    from pipeline.model import parameter_counts
-
-    data = load_data(cfg, prepared)
-    seed_everything(seed)
-    model = compile_model(spec, cfg)
-    counts = parameter_counts(model)
-    y_train = keras.utils.to_categorical(data["y_train"], 10)
-    y_test = keras.utils.to_categorical(data["y_test"], 10)
-
-    tags = {"variant": spec.name, "seed": str(seed), "git_commit": git_commit(),
-            "dvc_stage": dvc_stage, "tracking_store": tracking.redact(tracking.tracking_uri())}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
-    run_name = f"{spec.name}-s{seed}"
-    history: list[dict] = []
-    callbacks = [_signal_guard(), _epoch_logger(data["x_test"], y_test, cfg.batch_size, history)]
-    diag = Diagnostics(diag_cfg, model, data["x_test"]) if diag_cfg.any else None
-    if diag is not None and diag.monitor is not None:
-        callbacks.append(diag.monitor)
-    with mlflow_run(experiment_id, run_name, tags) as run:
-        mlflow.log_params(flat_params(spec, cfg, seed, data, summary, diag_cfg))
-        mlflow.log_params({f"model.params_{k}": v for k, v in counts.items()})
-        for split, ctx in (("train", "training"), ("test", "testing")):
-            ds = mlflow.data.from_numpy(data[f"x_{split}"], targets=data[f"y_{split}"], name=f"mnist-{split}")
-            mlflow.log_input(ds, context=ctx)
-        print(f"training {run_name}: {spec.describe()}; {counts['total']:,} parameters; "
-              f"{len(y_train)} images, {cfg.epochs} epoch(s), run {run.info.run_id}", flush=True)
-        start = time.perf_counter()
-        model.fit(**fit_inputs(data["x_train"], y_train, cfg, seed), epochs=cfg.epochs, verbose=0,
-                  callbacks=callbacks)
-        seconds = time.perf_counter() - start
-        # The last epoch's test metrics are the final ones; logging them again (at step 0)
-        # would add a spurious point to the per-epoch curves.
-        speed = {"train_seconds": seconds, "images_per_second": cfg.epochs * len(y_train) / seconds}
-        mlflow.log_metrics(speed)
-        final = {"test_loss": history[-1]["test_loss"], "test_accuracy": history[-1]["test_accuracy"], **speed}
-        probs = model.predict(data["x_test"], batch_size=1000, verbose=0)
-        with tempfile.TemporaryDirectory(prefix="lenet-artifacts-") as tmp:
-            write_artifacts(Path(tmp), model, spec, data, probs, history)
-            if diag is not None:
-                diag.finish(Path(tmp) / "diagnostics", f"{run_name}: inputs of tanh and BN layers (probe batch)")
-            mlflow.log_artifacts(tmp)
-        from mlflow.models import infer_signature
-
-        mlflow.keras.log_model(
-            model, name="model", signature=infer_signature(data["x_test"][:2], probs[:2]),
-            pip_requirements=[f"tensorflow-cpu=={_version('tensorflow-cpu')}", f"keras=={keras.__version__}",
-                              f"mlflow=={mlflow.__version__}"],
-        )
-        record = {"run_id": run.info.run_id, "experiment_id": experiment_id, "variant": spec.name, "seed": seed,
-                  **final, "parameters": counts["total"]}
-    print(f"done {run_name}: test loss {final['test_loss']:.4f}, test accuracy {final['test_accuracy']:.4f}, "
-          f"{seconds:.1f} s ({final['images_per_second']:.0f} images/s); run {record['run_id']}", flush=True)
-    if record_dir is not None:
-        write_record(record_dir, record, history)
-    return record
 
 
 def _version(dist: str) -> str:
@@ -487,11 +279,54 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+# --- Command line -----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.train", description="Train one LeNet-5 variant.")
+    p.add_argument("--variant", required=True, help="a key of 'variants' in params.yaml")
+    p.add_argument("--seed", default="0")
+    # Overrides of params.yaml 'train'; empty means "as in params.yaml" (what MLproject passes by default).
+    for flag in OVERRIDE_FLAGS:
+        p.add_argument(f"--{flag}", default="")
+    p.add_argument("--record", type=Path, help="directory for the DVC record (record.json, metrics.json, history.csv)")
+    p.add_argument("--dvc-stage", default="", help="the DVC stage name, logged as a tag")
+    p.add_argument("--params", type=Path, default=paths.PARAMS)
+    return p.parse_args(argv)
+
+
+OVERRIDE_FLAGS = ("epochs", "batch-size", "learning-rate", "momentum", "train-limit", "test-limit")
+FLOAT_FLAGS = ("learning-rate", "momentum")
+
+
+def _number(flag: str, text: str):
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--{flag} = {text!r} is not a number") from None
+    return int(value) if value.is_integer() and flag not in FLOAT_FLAGS else value
+
+
+def _seed(text: str) -> int:
+    value = _number("seed", text)
+    if value is None or not float(value).is_integer() or value < 0:
+        raise UserError(f"--seed = {text!r} is invalid: must be a whole number >= 0")
+    return int(value)
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    return {flag.replace("-", "_"): _number(flag, getattr(args, flag.replace("-", "_"))) for flag in OVERRIDE_FLAGS}
+
+
 def main(argv: list[str] | None = None) -> None:
+    import logging
+
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args = parse_args(argv)
-    run_main(lambda: train(args.variant, _seed(args.seed), overrides_from(args), args.record, args.dvc_stage,
-                           args.params))
+    run_main(lambda: train(args.variant, _seed(args.seed), overrides=overrides_from(args), record_dir=args.record,
+                           dvc_stage=args.dvc_stage, params_path=args.params))
 
 
 if __name__ == "__main__":

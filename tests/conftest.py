@@ -65,12 +65,14 @@ def prepared_fixture(tmp_path_factory) -> Path:
     from pipeline.normalize import normalize
 
     base = tmp_path_factory.mktemp("data")
-    cfg = {"mirrors": [str(FIXTURE_MNIST)], "files": fixture_pins()}
+    from pipeline.params import DownloadSettings, NormalizeSettings
+
+    settings = DownloadSettings(mirrors=[str(FIXTURE_MNIST)], files=fixture_pins())
     saved = os.environ.pop("MNIST_MIRROR", None)
     try:
-        download(cfg, raw_dir=base / "raw")
+        download(settings, raw_dir=base / "raw")
     finally:
         if saved is not None:
             os.environ["MNIST_MIRROR"] = saved
-    normalize({"scale": 255.0}, raw_dir=base / "raw", out_dir=base / "prepared", summary_path=base / "summary.json")
+    normalize(NormalizeSettings(scale=255.0), raw_dir=base / "raw", out_dir=base / "prepared", summary_path=base / "summary.json")
     return base / "prepared"

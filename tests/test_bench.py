@@ -15,7 +15,8 @@ import pytest
 from conftest import ROOT, subprocess_env
 from pipeline.bench import (Candidate, diagnostics_cost, diagnostics_lines, epoch_lines, flops_summary, spread,
                             stage_times)
-from pipeline.config import UserError, VariantSpec
+from pipeline.errors import UserError
+from pipeline.params import VariantSpec
 from pipeline.model import build_lenet
 
 

@@ -26,7 +26,7 @@ from scipy import stats as sps
 from conftest import tiny_params
 from pipeline import stats
 from pipeline.compare import compare
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.train import train
 
 TRAIN_LIMIT, TEST_LIMIT = 300, 200
@@ -68,7 +68,7 @@ class Study:
 
     def train(self, variant: str, seed: int = 0, **kw) -> dict:
         kw.setdefault("params_path", self.params_path)
-        return train(variant, seed, prepared=self.prepared, **kw)
+        return train(variant, seed, prepared=self.prepared, **kw).record
 
     def comparison_runs(self) -> set[str]:
         return {r.info.run_id for r in self.client.search_runs([self.experiment_id], COMPARISON_FILTER)}
@@ -102,9 +102,10 @@ def study(tmp_path_factory, prepared_fixture):
         records = {}
         for v in VARIANTS:
             records[v] = train(v, 0, record_dir=results / f"{v}-s0", dvc_stage=f"train@{v}-0",
-                               params_path=params_path, prepared=prepared_fixture)
+                               params_path=params_path, prepared=prepared_fixture).record
         # The same stage rerun by hand, without a record: newer, and different (fewer images).
-        stale = train("plain", 0, overrides={"train_limit": 100}, params_path=params_path, prepared=prepared_fixture)
+        stale = train("plain", 0, overrides={"train_limit": 100}, params_path=params_path,
+                      prepared=prepared_fixture).record
         client = mlflow.MlflowClient(uri)
         yield Study(root, uri, params_path, params, prepared_fixture, results, client,
                     records["plain"]["experiment_id"], records, stale["run_id"])

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURE_MNIST, fixture_pins
-from pipeline.config import UserError
+from conftest import FIXTURE_MNIST, fixture_pins, tiny_params
+from pipeline.errors import UserError
+from pipeline.params import DownloadSettings, Params
 from pipeline.download import download, fetch_file, sources
 from pipeline.idx import payload_sha256
 
@@ -34,8 +35,8 @@ def raw(tmp_path) -> Path:
     return tmp_path / "data" / "raw"
 
 
-def cfg(*mirrors, files=None) -> dict:
-    return {"mirrors": [str(m) for m in mirrors], "files": dict(files or fixture_pins())}
+def cfg(*mirrors, files=None) -> DownloadSettings:
+    return DownloadSettings(mirrors=[str(m) for m in mirrors], files=dict(files or fixture_pins()))
 
 
 def only(*names) -> dict:
@@ -211,7 +212,7 @@ def test_no_sources_at_all(raw):
 ])
 def test_invalid_config(raw, bad_cfg, words):
     with pytest.raises(UserError, match=words):
-        download(bad_cfg, raw_dir=raw)
+        Params.from_dict({**tiny_params(), "download": bad_cfg})
 
 
 # --------------------------------------------------------------------------- files already present

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE_MNIST, fixture_pins
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.idx import IdxError, expected_ndim, parse_header, payload_sha256, read_idx
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import keras
 import pytest
+import yaml
 from keras import layers
 
 from conftest import tiny_params
-from pipeline.config import UserError, load_params, train_config, variant_spec
+from pipeline.errors import UserError
+from pipeline.params import Params
+
+
+def variant_spec(raw: dict, name: str):
+    return Params.from_dict(raw).variant(name)
+
+
+def train_settings(raw: dict, overrides: dict | None = None):
+    return Params.from_dict(raw).with_train(overrides).train
 from pipeline.model import bn_layers, bn_site, build_lenet, parameter_counts
+from pipeline.paths import PARAMS
 
 TRUNK = ["conv1", "pool1", "conv2", "pool2", "conv3", "flatten", "fc1", "output"]
 
@@ -58,7 +69,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def params() -> dict:
-    return load_params()
+    return yaml.safe_load(PARAMS.read_text())
 
 
 def test_params_yaml_holds_exactly_the_five_variants(params):
@@ -122,26 +133,27 @@ def test_unknown_variant_lists_the_known_ones():
 def test_bad_train_values_name_the_field(field, value):
     params = tiny_params(**{field: value})
     with pytest.raises(UserError, match=rf"'train\.{field}' = {value!r}"):
-        train_config(params)
+        train_settings(params)
 
 
 @pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", -5), ("learning_rate", 0.0)])
 def test_bad_overrides_name_the_field(field, value):
     with pytest.raises(UserError, match=rf"'train\.{field}'"):
-        train_config(tiny_params(), {field: value})
+        train_settings(tiny_params(), {field: value})
 
 
 def test_good_train_config_and_overrides():
-    cfg = train_config(tiny_params(), {"epochs": 3, "batch_size": None, "learning_rate": 0.1})
-    assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.momentum, cfg.shuffle) == (3, 128, 0.1, 0.0, True)
-    assert cfg.flat()["train.epochs"] == 3
+    settings = train_settings(tiny_params(), {"epochs": 3, "batch_size": None, "learning_rate": 0.1})
+    assert (settings.epochs, settings.batch_size, settings.learning_rate, settings.momentum, settings.shuffle) == (
+        3, 128, 0.1, 0.0, True)
+    assert settings.flat()["train.epochs"] == 3
 
 
 def test_unknown_train_field_is_named():
     params = tiny_params()
     params["train"]["epoch"] = 2
     with pytest.raises(UserError, match=r"'train' has unknown field\(s\) \['epoch'\]"):
-        train_config(params)
+        train_settings(params)
 
 
 def _with_variant(spec: dict, name: str = "x") -> dict:
@@ -181,14 +193,14 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  epochs: 1\n    batch_size: 2\nseeds: [0]\n")
     with pytest.raises(UserError) as exc:
-        load_params(path)
+        Params.load(path)
     msg = str(exc.value)
     assert str(path) in msg and "YAML syntax error" in msg and "line 3" in msg
 
 
 def test_missing_params_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        load_params(tmp_path / "absent.yaml")
+        Params.load(tmp_path / "absent.yaml")
 
 
 # --- adding a variant is a params edit ------------------------------------------------------

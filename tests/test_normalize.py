@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_MNIST
-from pipeline.config import UserError
+from conftest import FIXTURE_MNIST, tiny_params
+from pipeline.errors import UserError
+from pipeline.params import NormalizeSettings, Params
 from pipeline.idx import IdxError, read_idx
 from pipeline.normalize import SPLITS, load_prepared, normalize
 
@@ -46,7 +47,7 @@ def layout(tmp_path) -> dict[str, Path]:
 
 
 def run(layout, scale=255.0) -> dict:
-    return normalize({"scale": scale}, raw_dir=layout["raw"], out_dir=layout["out"], summary_path=layout["summary"])
+    return normalize(NormalizeSettings(scale=scale), raw_dir=layout["raw"], out_dir=layout["out"], summary_path=layout["summary"])
 
 
 def assert_nothing_written(layout) -> None:
@@ -180,7 +181,7 @@ def test_scale_leaving_pixels_above_one(layout, scale):
 @pytest.mark.parametrize("scale", [0, -255.0, "255", None, True])
 def test_invalid_scale(layout, scale):
     with pytest.raises(UserError, match=r"'normalize.scale' = .* is invalid: must be a number > 0"):
-        run(layout, scale=scale)
+        run(layout, scale=Params.from_dict({**tiny_params(), "normalize": {"scale": scale}}).normalize.scale)
     assert_nothing_written(layout)
 
 

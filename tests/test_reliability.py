@@ -105,22 +105,22 @@ def test_signal_during_training_ends_the_run_killed_and_writes_nothing(tmp_path)
 INTERRUPTED_LOGGER = r"""
 import sys
 import mlflow
-from pipeline import config, tracking
-from pipeline.train import mlflow_run
+from pipeline import cli, tracking
+from pipeline.tracking import mlflow_run
 
 # Python ignores an exception raised inside a weakref callback or __del__ ("Exception ignored
 # in ..."), so now and then the KeyboardInterrupt of a SIGINT is lost. A person would press
 # Ctrl-C again; here the loop raises it at its next step, as training does at its next batch.
-config.install_signal_handlers()
+cli.install_signal_handlers()
 experiment_id = tracking.prepare_experiment("test-study")
 for n in range(int(sys.argv[1])):
-    config.pending_signals.clear()
+    cli.pending_signals.clear()
     try:
         with mlflow_run(experiment_id, f"r{n}", {}):
             print(f"run {n}.", flush=True)
             step = 0
             while True:
-                config.raise_pending_signal()
+                cli.raise_pending_signal()
                 step += 1
                 mlflow.log_metrics({"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}, step=step)
     except (KeyboardInterrupt, Exception) as exc:

@@ -19,8 +19,11 @@ from mlflow.entities import ViewType
 
 from conftest import tiny_params
 from pipeline import tracking
-from pipeline.config import UserError, VariantSpec
-from pipeline.train import METRIC_KEYS, mlflow_run, train
+from pipeline.callbacks import METRIC_KEYS
+from pipeline.errors import UserError
+from pipeline.params import VariantSpec
+from pipeline.tracking import mlflow_run
+from pipeline.train import train
 
 TRAIN_LIMIT, TEST_LIMIT = 300, 200
 EXPERIMENT = "test-study"
@@ -39,7 +42,7 @@ class Env:
     client: mlflow.MlflowClient
 
     def train(self, variant: str, seed: int = 0, **kw) -> dict:
-        return train(variant, seed, params_path=self.params_path, prepared=self.prepared, **kw)
+        return train(variant, seed, params_path=self.params_path, prepared=self.prepared, **kw).record
 
     def n_runs(self) -> int:
         exps = self.client.search_experiments(view_type=ViewType.ALL)
@@ -130,8 +133,8 @@ def test_run_name_status_experiment(env, bn_all):
 def test_run_params(bn_all, prepared_fixture):
     params = bn_all.run.data.params
     expected_spec = VariantSpec(name="bn_all", bn_input=True, bn_hidden=True)
-    for field in dataclasses.fields(VariantSpec):
-        assert params[f"variant.{field.name}"] == str(getattr(expected_spec, field.name)), field.name
+    for field in VariantSpec.model_fields:
+        assert params[f"variant.{field}"] == str(getattr(expected_spec, field)), field
     assert {k: params[f"train.{k}"] for k in ("epochs", "batch_size", "learning_rate", "momentum", "shuffle",
                                              "seed", "train_limit", "test_limit")} == {
         "epochs": "2", "batch_size": "128", "learning_rate": "0.01", "momentum": "0.0", "shuffle": "True",
@@ -313,9 +316,12 @@ def test_same_seed_same_numbers_other_seed_other_numbers(env):
 
 def test_record_matches_the_run(env, bn_all):
     record_dir = env.root / "record"
-    assert sorted(p.name for p in record_dir.iterdir()) == ["history.csv", "record.json"]
+    assert sorted(p.name for p in record_dir.iterdir()) == ["history.csv", "metrics.json", "record.json"]
     record = json.loads((record_dir / "record.json").read_text())
     metrics = bn_all.run.data.metrics
+    # dvc metrics shows only what a user compares: the test metrics of the run
+    assert json.loads((record_dir / "metrics.json").read_text()) == {
+        "test_loss": metrics["test_loss"], "test_accuracy": metrics["test_accuracy"]}
     assert record["run_id"] == bn_all.run_id
     assert record["variant"] == "bn_all" and record["seed"] == 0
     assert record["test_loss"] == metrics["test_loss"]
@@ -431,7 +437,7 @@ def _epochs_of(ds, n_epochs: int) -> list[np.ndarray]:
 
 
 def test_batches_shuffle_every_image_once_per_epoch_new_order_each_epoch():
-    from pipeline.train import batches
+    from pipeline.inputs import batches
 
     n, bs = 1000, 128
     x = np.arange(n, dtype=np.float32).reshape(n, 1)
@@ -448,7 +454,7 @@ def test_batches_shuffle_every_image_once_per_epoch_new_order_each_epoch():
 
 
 def test_batches_same_seed_same_order_other_seed_other_order():
-    from pipeline.train import batches
+    from pipeline.inputs import batches
 
     x = np.arange(500, dtype=np.float32).reshape(500, 1)
     y = np.zeros(500, dtype=np.int64)
@@ -460,7 +466,7 @@ def test_batches_same_seed_same_order_other_seed_other_order():
 
 
 def test_batches_unshuffled_keep_order_and_autotune_is_off():
-    from pipeline.train import batches
+    from pipeline.inputs import batches
 
     x = np.arange(300, dtype=np.float32).reshape(300, 1)
     ds = batches(x, np.zeros(300, dtype=np.int64), 100)
@@ -478,7 +484,7 @@ def _train_with_diagnostics(env: Env, name: str, **switches) -> tuple[object, se
     params["diagnostics"].update(switches)
     path = env.root / f"params-{name}.yaml"
     path.write_text(yaml.safe_dump(params))
-    record = train("bn_hidden", 0, params_path=path, prepared=env.prepared)
+    record = train("bn_hidden", 0, params_path=path, prepared=env.prepared).record
     run = env.client.get_run(record["run_id"])
     return run, {a.path for a in env.client.list_artifacts(record["run_id"], "diagnostics")}
 
@@ -511,17 +517,47 @@ def test_an_interrupt_python_swallowed_still_stops_training_at_the_next_batch(en
     """run_main's handler notes every SIGINT/SIGTERM; if the KeyboardInterrupt it raised was lost
     (raised inside a weakref callback, Python only prints "Exception ignored"), training
     raises it again at its next batch, and the run ends KILLED with no record."""
-    from pipeline import config
+    from pipeline import cli
 
-    config.pending_signals.append(15)
+    cli.pending_signals.append(15)
     try:
         with pytest.raises(KeyboardInterrupt, match="signal 15 .raised again at the next batch."):
             env.train("plain", 7, record_dir=env.root / "swallowed")
     finally:
-        config.pending_signals.clear()
+        cli.pending_signals.clear()
     exp = env.client.get_experiment_by_name(EXPERIMENT)
     runs = env.client.search_runs([exp.experiment_id], "attributes.run_name = 'plain-s7'",
                                   run_view_type=ViewType.ALL)
     assert [r.info.status for r in runs] == ["KILLED"]
     assert not env.client.get_metric_history(runs[0].info.run_id, "train_loss")  # stopped before epoch 1 ended
     assert not (env.root / "swallowed").exists()
+
+
+def test_train_returns_its_result_and_takes_callbacks_and_compile_options(env):
+    """A caller (benchmark, cluster executor) gets the model, history and metrics back and adds
+    its own callbacks and compile options; nothing in the stage is patched."""
+    import keras
+
+    from pipeline.params import Params
+    from pipeline.train import TrainOptions
+
+    seen: list[int] = []
+
+    class Counter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(epoch)
+
+    params = Params.load(env.params_path).with_train({"epochs": 2})
+    result = train("plain", 3, params=params, prepared=env.prepared,
+                   options=TrainOptions(callbacks=(Counter(),), compile={"steps_per_execution": 3}))
+    assert seen == [0, 1]
+    assert int(result.model.steps_per_execution) == 3
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    run = env.client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["seed"] == "3"
+    assert result.metrics["test_accuracy"] == run.data.metrics["test_accuracy"] == result.history[-1]["test_accuracy"]
+    assert result.record["run_id"] == result.run_id and result.record["parameters"] == 545_546
+    # the model handed back is the trained one: it reproduces the final test accuracy
+    data = np.load(env.prepared / "x_test.npy")[:TEST_LIMIT], np.load(env.prepared / "y_test.npy")[:TEST_LIMIT]
+    accuracy = float((result.model.predict(data[0], verbose=0).argmax(axis=1) == data[1]).mean())
+    assert accuracy == pytest.approx(result.metrics["test_accuracy"], abs=1e-6)

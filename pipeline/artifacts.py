@@ -1,0 +1,95 @@
+"""What a training run keeps besides its metrics and model: files for MLflow, a record for DVC.
+
+In: the trained model, its variant spec, the test data, its test-set probabilities and the
+per-epoch history.
+Out: ``write_artifacts(out, ...)`` fills a folder that becomes the run's artifacts
+(``predictions.csv``, ``confusion_matrix.csv/.png``, ``history.csv``, ``model_summary.txt``,
+``bn_weights/``); ``write_record`` writes the DVC record (``record.json``, ``metrics.json``,
+``history.csv``) atomically, file by file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from pipeline.params import VariantSpec
+
+RECORD_METRICS = ("test_loss", "test_accuracy")
+
+
+def write_artifacts(out: Path, model, spec: VariantSpec, data: dict, probs: np.ndarray, history: list[dict]) -> None:
+    """Everything a run keeps besides metrics and the model, into ``out``."""
+    write_predictions(out, spec, data["y_test"], probs)
+    pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+    write_model_summary(out / "model_summary.txt", model)
+    write_bn_weights(out / "bn_weights", model, spec)
+
+
+def write_predictions(out: Path, spec: VariantSpec, labels: np.ndarray, probs: np.ndarray) -> None:
+    """Per-image predictions (the report's McNemar tests read them) and the confusion matrix."""
+    from sklearn.metrics import confusion_matrix
+
+    from pipeline import figures
+
+    predicted = probs.argmax(axis=1)
+    pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "predicted": predicted,
+                  "probability": probs[np.arange(len(labels)), predicted].round(6),
+                  "correct": (predicted == labels).astype(int)}).to_csv(out / "predictions.csv", index=False)
+    matrix = confusion_matrix(labels, predicted, labels=list(range(10)))
+    pd.DataFrame(matrix, index=[f"true_{i}" for i in range(10)], columns=[f"pred_{i}" for i in range(10)]
+                 ).to_csv(out / "confusion_matrix.csv")
+    figures.confusion_matrix(matrix, out / "confusion_matrix.png", f"{spec.name}: test confusion matrix")
+
+
+def write_model_summary(path: Path, model) -> None:
+    lines: list[str] = []
+    # Keras renders with rich, which crops to the console: 80 columns when stdout is not a
+    # terminal (DVC, mlflow run). A wider table silently loses its "Param #" column.
+    model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=80)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_bn_weights(bn_dir: Path, model, spec: VariantSpec) -> None:
+    """Each BN layer's gamma, beta and moving statistics (``<site>.npz``), a summary and a figure.
+
+    Nothing is written for a model without batch norm.
+    """
+    from pipeline import figures
+    from pipeline.model import bn_layers, bn_site
+
+    weights = {bn_site(layer.name): {"gamma": layer.gamma.numpy(), "beta": layer.beta.numpy(),
+                                     "moving_mean": layer.moving_mean.numpy(),
+                                     "moving_variance": layer.moving_variance.numpy()}
+               for layer in bn_layers(model)}
+    if not weights:
+        return
+    bn_dir.mkdir(exist_ok=True)
+    summary = {}
+    for site, arrays in weights.items():
+        np.savez(bn_dir / f"{site}.npz", **arrays)
+        summary[site] = {name: {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
+                                "min": float(v.min()), "max": float(v.max())} for name, v in arrays.items()}
+    (bn_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    figures.bn_distributions({spec.name: weights}, bn_dir / "distributions.png")
+
+
+def write_record(record_dir: Path, record: dict, history: list[dict]) -> None:
+    """The DVC record of one training: ``record.json`` (run id and results), ``metrics.json``
+    (what ``dvc metrics`` compares) and ``history.csv`` (``dvc plots``). Each file appears
+    whole or not at all."""
+    record_dir.mkdir(parents=True, exist_ok=True)
+    writers: dict[str, Callable[[Path], object]] = {
+        "history.csv": lambda p: pd.DataFrame(history).to_csv(p, index=False),
+        "metrics.json": lambda p: p.write_text(json.dumps({k: record[k] for k in RECORD_METRICS}, indent=2) + "\n"),
+        "record.json": lambda p: p.write_text(json.dumps(record, indent=2) + "\n"),
+    }
+    for name, write in writers.items():
+        tmp = record_dir / f".{name}.tmp"
+        write(tmp)
+        os.replace(tmp, record_dir / name)

@@ -1,0 +1,346 @@
+"""``params.yaml`` read once and validated as a whole: the typed ``Params`` every stage receives.
+
+In: the path of a params file (``params.yaml`` at the project root by default), or the
+mapping already read from one.
+Out: a frozen ``Params`` with one typed section per stage (``download``, ``normalize``,
+``mlflow``, ``train``, ``seeds``, ``variants``, ``diagnostics``, ``compare``). Every
+problem becomes a ``UserError`` whose one line names the field and says what is allowed:
+``params: 'train.epochs' = 0 is invalid: must be > 0``; unknown fields are listed with the
+allowed names; a YAML syntax error carries its line and column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Callable, ClassVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from pipeline import paths
+from pipeline.errors import UserError
+
+# --- Field rules: each returns the clean value or raises with the rule's wording -------------
+
+
+def _rule(check: Callable[[Any], Any]) -> BeforeValidator:
+    def validate(value: Any) -> Any:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise PydanticCustomError("rule", "{rule}", {"rule": str(exc)}) from None
+
+    return BeforeValidator(validate)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _whole_positive(value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError("must be a whole number")
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _positive(value: Any) -> float:
+    if not _is_number(value) or value <= 0:
+        raise ValueError("must be a number > 0")
+    return float(value)
+
+
+def _rate(value: Any) -> float:
+    if not _is_number(value):
+        raise ValueError("must be a number")
+    if not 0.0 <= value < 1.0:
+        raise ValueError("must be in [0, 1)")
+    return float(value)
+
+
+def _probability(value: Any) -> float:
+    if not _is_number(value):
+        raise ValueError("must be a number")
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be in (0, 1)")
+    return float(value)
+
+
+def _optional_limit(value: Any) -> int | None:
+    return None if value is None else _whole_positive(value)
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty name")
+    return value
+
+
+def _sources(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ValueError("must be a list of URLs or folders")
+    return value
+
+
+def _pins(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not value or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError("must map each file name to the SHA-256 of its payload")
+    return {str(k): v for k, v in value.items()}
+
+
+def _seeds(value: Any) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of integers")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise ValueError("must hold integers >= 0")
+    if len(set(value)) != len(value):
+        raise ValueError("must not repeat a seed")
+    return value
+
+
+Bool = Annotated[bool, _rule(_bool)]
+PositiveInt = Annotated[int, _rule(_whole_positive)]
+PositiveFloat = Annotated[float, _rule(_positive)]
+Rate = Annotated[float, _rule(_rate)]
+Probability = Annotated[float, _rule(_probability)]
+Limit = Annotated[int | None, _rule(_optional_limit)]
+Name = Annotated[str, _rule(_name)]
+Seeds = Annotated[list[int], _rule(_seeds)]
+Sources = Annotated[list[str], _rule(_sources)]
+Pins = Annotated[dict[str, str], _rule(_pins)]
+
+
+class Section(BaseModel):
+    """A mapping in params.yaml: frozen, unknown keys refused with the allowed ones listed."""
+
+    model_config = ConfigDict(frozen=True)
+    internal_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            allowed = sorted(set(cls.model_fields) - cls.internal_fields)
+            if unknown:
+                raise PydanticCustomError("unknown_fields", "has unknown field(s) {unknown}; allowed: {allowed}",
+                                          {"unknown": unknown, "allowed": allowed})
+        return data
+
+
+# --- Sections --------------------------------------------------------------------------------
+
+
+class DownloadSettings(Section):
+    mirrors: Sources = []
+    files: Pins
+
+
+class NormalizeSettings(Section):
+    scale: PositiveFloat
+
+
+class MlflowSettings(Section):
+    experiment: Name
+
+
+class TrainSettings(Section):
+    """The fixed (non-scientific) training settings; the notebook's by default."""
+
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    learning_rate: PositiveFloat
+    momentum: Rate = 0.0
+    shuffle: Bool = True
+    train_limit: Limit = None
+    test_limit: Limit = None
+    steps_per_execution: PositiveInt = 1
+
+    def flat(self) -> dict[str, Any]:
+        return {f"train.{k}": v for k, v in self.model_dump().items()}
+
+
+class VariantSpec(Section):
+    """Where a LeNet-5 variant puts batch norm and dropout.
+
+    Dropout sits before batch norm where both are present, and both sit between
+    a conv/dense layer and its tanh, as in the 2019 notebook.
+    """
+
+    internal_fields: ClassVar[frozenset[str]] = frozenset({"name"})
+
+    name: str
+    bn_input: Bool = False
+    bn_hidden: Bool = False
+    dropout_input: Rate = 0.0
+    dropout_hidden: Rate = 0.0
+    conv_bias: Bool = False
+
+    @property
+    def has_bn(self) -> bool:
+        return self.bn_input or self.bn_hidden
+
+    @property
+    def has_dropout(self) -> bool:
+        return self.dropout_input > 0 or self.dropout_hidden > 0
+
+    def describe(self) -> str:
+        parts = []
+        if self.has_bn:
+            where = [w for w, on in (("input", self.bn_input), ("hidden", self.bn_hidden)) if on]
+            parts.append("BN on " + " + ".join(where))
+        if self.has_dropout:
+            parts.append(f"dropout {self.dropout_input:g} input / {self.dropout_hidden:g} hidden")
+        if not parts:
+            parts.append("no BN, no dropout")
+        parts.append("conv1-2 bias " + ("on" if self.conv_bias else "off"))
+        return "; ".join(parts)
+
+
+class DiagnosticsSettings(Section):
+    """What the training stage measures besides loss and accuracy (see pipeline.diagnostics)."""
+
+    enabled: Bool = True  # the master switch: false turns every diagnostic off
+    covariate_shift: Bool = True
+    coadaptation: Bool = True
+    variance_shift: Bool = True
+    probe_size: PositiveInt = 256
+    every_n_batches: PositiveInt = 100
+    variance_shift_images: PositiveInt = 2000
+
+    @property
+    def any(self) -> bool:
+        return self.enabled and (self.covariate_shift or self.coadaptation or self.variance_shift)
+
+
+class ReferenceResult(Section):
+    loss: PositiveFloat
+    accuracy: Probability
+
+
+class CompareSettings(Section):
+    alpha: Probability = 0.05
+    confidence: Probability = 0.95
+    control: Name | None = None
+    pairs: list[tuple[Name, Name]] = []
+    reference: dict[str, ReferenceResult] = {}
+
+
+class Params(Section):
+    download: DownloadSettings
+    normalize: NormalizeSettings
+    mlflow: MlflowSettings
+    train: TrainSettings
+    seeds: Seeds
+    variants: dict[str, VariantSpec]
+    diagnostics: DiagnosticsSettings = DiagnosticsSettings()
+    compare: CompareSettings = CompareSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_variants(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("variants"), dict):
+            named = {}
+            for name, spec in data["variants"].items():
+                if spec is not None and not isinstance(spec, dict):
+                    raise PydanticCustomError("variant_type", "'variants.{name}' must be a mapping of spec fields",
+                                              {"name": name})
+                named[name] = {**(spec or {}), "name": name}
+            data = {**data, "variants": named}
+        return data
+
+    @model_validator(mode="after")
+    def _at_least_one_variant(self) -> "Params":
+        # compare.pairs/control may name variants that are not in the study (a shortened
+        # variants list): the report compares the pairs whose variants were trained.
+        if not self.variants:
+            raise PydanticCustomError("no_variants", "'variants' must name at least one variant", {})
+        return self
+
+    # --- Reading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "params.yaml") -> "Params":
+        """Validate a mapping read from a params file; any problem is one ``UserError`` line."""
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: expected a mapping of sections at the top level")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise UserError(_one_line(exc)) from None
+
+    @classmethod
+    def load(cls, path: Path | str = paths.PARAMS) -> "Params":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise UserError(f"{path}: not found; run from the project root or restore params.yaml") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UserError(f"{path}: YAML syntax error at {where}: {problem}") from None
+        return cls.from_dict(raw, str(path))
+
+    # --- Views -----------------------------------------------------------------------------
+
+    def variant(self, name: str) -> VariantSpec:
+        if name not in self.variants:
+            known = ", ".join(sorted(self.variants))
+            raise UserError(f"unknown variant '{name}'; known variants: {known} "
+                            "(add one under 'variants' in params.yaml)")
+        return self.variants[name]
+
+    def with_train(self, overrides: dict[str, Any] | None) -> "Params":
+        """These params with some ``train`` settings replaced (``None`` means keep), validated."""
+        changed = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if not changed:
+            return self
+        raw = self.model_dump()
+        raw["train"].update(changed)
+        for spec in raw["variants"].values():
+            spec.pop("name")
+        return Params.from_dict(raw)
+
+
+def load(path: Path | str = paths.PARAMS) -> Params:
+    return Params.load(path)
+
+
+def _one_line(exc: ValidationError) -> str:
+    """The first problem pydantic found, worded the way a user fixes it."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    field = ".".join(loc)
+    kind = first["type"]
+    if kind == "missing":
+        parent = loc[:-1]
+        names = sorted(str(e["loc"][-1]) for e in errors
+                       if e["type"] == "missing" and [str(p) for p in e["loc"][:-1]] == parent)
+        if not parent:
+            return f"params.yaml: section '{names[0]}' is missing or is not a mapping"
+        section = ".".join(parent)
+        return f"params: '{section}' is missing {names}; add " + ", ".join(f"'{section}.{n}'" for n in names)
+    if kind == "model_type" and len(loc) == 1:
+        return f"params.yaml: section '{field}' is missing or is not a mapping"
+    if kind == "unknown_fields":
+        return f"params: '{field}' {first['msg']}" if field else f"params.yaml {first['msg']}"
+    if kind in ("variant_type", "no_variants"):
+        return f"params: {first['msg']}"
+    if kind == "rule":
+        return f"params: '{field}' = {first['input']!r} is invalid: {first['ctx']['rule']}"
+    return f"params: '{field}' = {first['input']!r} is invalid: {first['msg'].lower()}"

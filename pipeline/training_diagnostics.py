@@ -1,0 +1,91 @@
+"""The diagnostics of one training run: ``pipeline.diagnostics`` wired into ``fit`` and MLflow.
+
+In: the ``diagnostics`` settings, the model being trained and the test images (the probe
+batch is the last ``probe_size`` of them; variance shift uses the first
+``variance_shift_images``).
+Out: ``monitor`` (a callback for ``fit``, or None) logs ``ics.*`` and ``coadaptation.fc1``
+at every checkpoint; ``finish(out, title)`` logs the final measurements as metrics and
+writes ``history.csv``, ``summary.json``, ``covariate_shift.png`` and
+``fc1_activations.npy`` into ``out``, and returns the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.params import DiagnosticsSettings
+
+COADAPTATION_LAYER = "fc1_tanh"  # the Dense(84) units after tanh
+
+
+class RunDiagnostics:
+    """Only the diagnostics switched on in ``settings`` run; ``monitor`` is None when neither
+    covariate shift nor co-adaptation is on."""
+
+    def __init__(self, settings: DiagnosticsSettings, model, x_test: np.ndarray):
+        from pipeline import diagnostics
+
+        self.settings = settings
+        self.model = model
+        self.probe_x = x_test[-min(settings.probe_size, len(x_test)):]
+        self.variance_x = x_test[:min(settings.variance_shift_images, len(x_test))]
+        self.monitor = None
+        if settings.covariate_shift or settings.coadaptation:
+            self.monitor = diagnostics.CovariateShiftMonitor(
+                self.probe_x, settings.every_n_batches, self._on_record,
+                coadaptation_layer=COADAPTATION_LAYER if settings.coadaptation else None,
+                covariate_shift=settings.covariate_shift)
+
+    def _on_record(self, step: int, record: dict, coadaptation: float | None) -> None:
+        import mlflow
+
+        metrics = {f"ics.{k}": v for k, v in record.items()}
+        if coadaptation is not None:
+            metrics["coadaptation.fc1"] = coadaptation
+        mlflow.log_metrics(metrics, step=step)
+
+    def finish(self, out: Path, title: str) -> dict:
+        """After training: final measurements as metrics, history/summary/figure as artifacts."""
+        import mlflow
+
+        start = time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)
+        summary: dict = {"probe_size": len(self.probe_x), "every_n_batches": self.settings.every_n_batches}
+        metrics: dict[str, float] = {}
+        monitor = self.monitor
+        if monitor is not None and (not monitor.history or monitor.history[-1][0] < monitor.steps_done):
+            monitor.record(monitor.steps_done)  # the end of training is a checkpoint too
+        if self.settings.covariate_shift:
+            self._finish_covariate_shift(out, title, summary)
+        if self.settings.coadaptation:
+            summary["coadaptation_fc1"] = metrics["coadaptation_fc1"] = monitor.coadaptation_history[-1][1]
+            summary["coadaptation_history"] = monitor.coadaptation_history
+            # The probe images' fc1 activations at the end: the report compares variants on them, image by image.
+            np.save(out / "fc1_activations.npy", monitor.last_output.astype(np.float32))
+        if self.settings.variance_shift:
+            metrics.update(self._finish_variance_shift(summary))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        mlflow.log_metrics({**metrics, "diagnostics_final_seconds": time.perf_counter() - start})
+        return summary
+
+    def _finish_covariate_shift(self, out: Path, title: str, summary: dict) -> None:
+        import pandas as pd
+
+        from pipeline import diagnostics
+
+        history = self.monitor.history
+        summary["drift"] = diagnostics.drift_summary(history)
+        pd.DataFrame([{"step": s, **r} for s, r in history]).to_csv(out / "history.csv", index=False)
+        diagnostics.plot_percentiles(history, out / "covariate_shift.png", title)
+
+    def _finish_variance_shift(self, summary: dict) -> dict[str, float]:
+        from pipeline import diagnostics
+
+        ratios = diagnostics.variance_ratios(self.model, self.variance_x)  # one pass, batched
+        summary["variance_shift"] = diagnostics.shift_from_ratios(ratios)
+        summary["variance_ratio_mean"] = {k: float(np.mean(v)) for k, v in ratios.items()}
+        return {f"variance_shift.{k}": v for k, v in summary["variance_shift"].items()}
