@@ -12,113 +12,15 @@ allowed names; a YAML syntax error carries its line and column.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from pipeline import paths
 from pipeline.errors import UserError
-
-# --- Field rules: each returns the clean value or raises with the rule's wording -------------
-
-
-def _rule(check: Callable[[Any], Any]) -> BeforeValidator:
-    def validate(value: Any) -> Any:
-        try:
-            return check(value)
-        except ValueError as exc:
-            raise PydanticCustomError("rule", "{rule}", {"rule": str(exc)}) from None
-
-    return BeforeValidator(validate)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-def _whole_positive(value: Any) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError("must be a whole number")
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _positive(value: Any) -> float:
-    if not _is_number(value) or value <= 0:
-        raise ValueError("must be a number > 0")
-    return float(value)
-
-
-def _rate(value: Any) -> float:
-    if not _is_number(value):
-        raise ValueError("must be a number")
-    if not 0.0 <= value < 1.0:
-        raise ValueError("must be in [0, 1)")
-    return float(value)
-
-
-def _probability(value: Any) -> float:
-    if not _is_number(value):
-        raise ValueError("must be a number")
-    if not 0.0 < value < 1.0:
-        raise ValueError("must be in (0, 1)")
-    return float(value)
-
-
-def _optional_limit(value: Any) -> int | None:
-    return None if value is None else _whole_positive(value)
-
-
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a non-empty name")
-    return value
-
-
-def _sources(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
-        raise ValueError("must be a list of URLs or folders")
-    return value
-
-
-def _pins(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not value or not all(isinstance(v, str) for v in value.values()):
-        raise ValueError("must map each file name to the SHA-256 of its payload")
-    return {str(k): v for k, v in value.items()}
-
-
-def _seeds(value: Any) -> list[int]:
-    if not isinstance(value, list) or not value:
-        raise ValueError("must be a non-empty list of integers")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-        raise ValueError("must hold integers >= 0")
-    if len(set(value)) != len(value):
-        raise ValueError("must not repeat a seed")
-    return value
-
-
-Bool = Annotated[bool, _rule(_bool)]
-PositiveInt = Annotated[int, _rule(_whole_positive)]
-PositiveFloat = Annotated[float, _rule(_positive)]
-Rate = Annotated[float, _rule(_rate)]
-Probability = Annotated[float, _rule(_probability)]
-Limit = Annotated[int | None, _rule(_optional_limit)]
-Name = Annotated[str, _rule(_name)]
-Seeds = Annotated[list[int], _rule(_seeds)]
-Sources = Annotated[list[str], _rule(_sources)]
-Pins = Annotated[dict[str, str], _rule(_pins)]
-
+from pipeline.fields import Bool, Limit, Name, Pins, PositiveFloat, PositiveInt, Probability, Rate, Seeds, Sources
 
 class Section(BaseModel):
     """A mapping in params.yaml: frozen, unknown keys refused with the allowed ones listed."""
