@@ -7,96 +7,48 @@ dropout off, batch norm on its moving statistics.
 Out: plain floats and dicts of floats, ready to log as metrics; ``plot_percentiles``
 is the only function that writes (one PNG, matplotlib Agg). Nothing here talks to MLflow.
 
-- Internal covariate shift (Ioffe & Szegedy 2015, Fig. 1b,c): ``CovariateShiftMonitor``
+- Internal covariate shift (Ioffe & Szegedy 2015, Fig. 1b,c), here: ``CovariateShiftMonitor``
   records, during ``fit``, the 15th/50th/85th percentiles, mean and log-std of the
-  input to every tanh and every BN layer (the "probe points"); ``drift_summary`` turns
-  the records into how much those distributions moved.
-- Co-adaptation (Srivastava et al. 2014; Cogswell et al. 2016, DeCov):
-  ``coadaptation`` is the mean absolute correlation between the 84 fc1 units.
-- Variance shift (Li, Chen, Hu & Yang, CVPR 2019): ``variance_shift`` compares each BN
-  layer's inference-time input variance with the moving variance it learned in training,
-  which dropout placed before BN inflates.
+  input to every tanh and every BN layer (the "probe points", ``pipeline.probes``);
+  ``drift_summary`` turns the records into how much those distributions moved.
+- Co-adaptation (``pipeline.coadaptation``): ``coadaptation`` is the mean absolute
+  correlation between the 84 fc1 units; the monitor records it at the same checkpoints.
+- Variance shift (``pipeline.variance_shift``): ``variance_shift`` compares each BN
+  layer's inference-time input variance with the moving variance it learned in training.
 
-Sub-models that read internal layers are built once per model and cached; one pass
-yields both the probe points and the co-adaptation layer's output.
+This module is the one to import: it re-exports the other two measures and the probes.
 """
 
 from __future__ import annotations
 
 import os
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
 import numpy as np
-from keras import layers
+
+from pipeline.coadaptation import coadaptation, coadaptation_difference, mean_abs_correlation
+from pipeline.probes import make_probe_model, output_key, probe_activations, probe_points
+from pipeline.variance_shift import shift_from_ratios, variance_ratios, variance_shift
+
+__all__ = [
+    "PERCENTILE_SAMPLE", "PROBE_STATS", "CovariateShiftMonitor", "drift_summary", "percentile_sample",
+    "percentiles", "plot_percentiles", "probe_stats",
+    # defined in the modules imported above; callers import every measure from here
+    "coadaptation", "coadaptation_difference", "mean_abs_correlation",
+    "make_probe_model", "output_key", "probe_activations", "probe_points",
+    "shift_from_ratios", "variance_ratios", "variance_shift",
+]
 
 PROBE_STATS = ("p15", "p50", "p85", "mean", "log_std")
-
-_submodels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def percentiles(x, qs: Sequence[float] = (15, 50, 85)) -> dict[str, float]:
     """Percentiles (linear interpolation) over all elements of ``x``: ``{"p15": ..., ...}``."""
     values = np.percentile(np.asarray(x, dtype=np.float64).ravel(), list(qs))
     return {f"p{q:g}": float(v) for q, v in zip(qs, values)}
-
-
-# --- Probe points -------------------------------------------------------------
-
-
-def probe_points(model: keras.Model) -> list[str]:
-    """Names of the layers whose *input* is watched: every ``*_tanh`` and every BN layer,
-    in network order. In a ``bn_dropout`` LeNet: input_bn, conv1_bn, conv1_tanh, … fc1_tanh."""
-    return [
-        layer.name
-        for layer in model.layers
-        if isinstance(layer, layers.BatchNormalization) or layer.name.endswith("_tanh")
-    ]
-
-
-def output_key(layer: str) -> str:
-    """The key under which ``probe_activations(..., outputs=[layer])`` returns ``layer``'s output."""
-    return f"{layer}:output"
-
-
-def make_probe_model(model: keras.Model, outputs: Sequence[str] = (), inputs: bool = True) -> keras.Model:
-    """A model from ``model.input`` to a dict ``{point: input of that layer}`` (with
-    ``inputs``), plus ``{output_key(layer): output of that layer}`` for each layer named
-    in ``outputs``.
-
-    It shares weights with ``model``, so it always sees the current weights. Call it
-    with ``training=False``; ``probe_activations`` does so and caches the probe model.
-    """
-    tensors = {name: model.get_layer(name).input for name in probe_points(model)} if inputs else {}
-    tensors.update({output_key(name): model.get_layer(name).output for name in outputs})
-    return keras.Model(model.input, tensors, name=f"{model.name}_probe")
-
-
-def _cached(model: keras.Model, key: str, build: Callable[[], keras.Model]) -> keras.Model:
-    per_model = _submodels.setdefault(model, {})
-    if key not in per_model:
-        per_model[key] = build()
-    return per_model[key]
-
-
-def probe_activations(model: keras.Model, x, outputs: Sequence[str] = (), inputs: bool = True
-                      ) -> dict[str, np.ndarray]:
-    """The input of every probe point on ``x`` (unless ``inputs`` is False) and the output of
-    each layer in ``outputs`` (under ``output_key(layer)``), in inference mode, as NumPy arrays.
-
-    The call is eager: a compiled call (``predict_on_batch``) saves about 10 ms per record
-    but its tracing cost more than that over a whole training run here.
-    """
-    outputs = tuple(outputs)
-    key = f"probe:{inputs}:{','.join(outputs)}"
-    probe = _cached(model, key, lambda: make_probe_model(model, outputs, inputs))
-    return {k: keras.ops.convert_to_numpy(v) for k, v in probe(x, training=False).items()}
-
-
-# --- Internal covariate shift ---------------------------------------------------
 
 
 PERCENTILE_SAMPLE = 1 << 18  # values per probe point the percentiles are taken from
@@ -293,110 +245,3 @@ def plot_percentiles(history, path: Path | str, title: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
-
-
-# --- Co-adaptation ----------------------------------------------------------------
-
-
-def mean_abs_correlation(acts) -> float:
-    """Mean absolute off-diagonal Pearson correlation between the columns (units) of a
-    2-D ``(n_examples, units)`` matrix.
-
-    Units with zero variance (std <= 1e-8, e.g. a saturated or dead unit) have no defined
-    correlation and are left out, as if absent. NaN if fewer than two units remain.
-    """
-    a = np.asarray(acts, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2-D (examples, units) matrix, got shape {a.shape}")
-    a = a - a.mean(axis=0)
-    std = a.std(axis=0)
-    live = std > 1e-8
-    k = int(live.sum())
-    if k < 2:
-        return float("nan")
-    z = a[:, live] / std[live]
-    corr = (z.T @ z) / len(z)
-    off_diagonal = np.abs(corr[~np.eye(k, dtype=bool)])
-    return float(np.clip(off_diagonal, 0.0, 1.0).mean())
-
-
-def coadaptation(model: keras.Model, x, layer: str = "fc1_tanh") -> float:
-    """``mean_abs_correlation`` of the output of ``layer`` (default: the 84 fc1 units after
-    tanh) on ``x``, in inference mode."""
-    acts = probe_activations(model, x, outputs=[layer], inputs=False)[output_key(layer)]
-    return mean_abs_correlation(acts.reshape(len(acts), -1))
-
-
-def coadaptation_difference(a, b, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """``mean_abs_correlation(a) - mean_abs_correlation(b)`` for two networks' activations
-    on the *same* examples (row i of ``a`` and of ``b`` is the same image), with a paired
-    bootstrap interval over examples: each resample draws the same rows from both.
-
-    Returns ``{"difference", "low", "high"}``. The interval reflects which probe images were
-    drawn, not training noise (for that, compare seeds).
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
-    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
-    if len(a) != len(b):
-        raise ValueError(f"paired activations need the same examples: {len(a)} rows vs {len(b)}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for i in range(n_boot):
-        rows = rng.integers(0, len(a), size=len(a))
-        boots[i] = mean_abs_correlation(a[rows]) - mean_abs_correlation(b[rows])
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.nanpercentile(boots, [tail, 100 - tail])
-    return {"difference": mean_abs_correlation(a) - mean_abs_correlation(b), "low": float(low), "high": float(high)}
-
-
-# --- Variance shift ----------------------------------------------------------------
-
-
-def variance_ratios(model: keras.Model, x, batch_size: int = 250) -> dict[str, np.ndarray]:
-    """Per BN layer, per channel: ``(Var_inference + eps) / (moving_variance + eps)``.
-
-    ``Var_inference`` is the variance of the layer's input on ``x`` in inference mode
-    (dropout off), over every axis but the last (batch and, for conv layers, spatial
-    positions); ``eps`` is the layer's epsilon, as BN itself divides by
-    ``sqrt(moving_variance + eps)``. So a ratio is the variance of the normalized
-    output at inference: 1 when training and inference statistics agree, < 1 when
-    dropout before BN inflated the training variance.
-    """
-    bn = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
-    # Batch by batch, merging per-channel (n, mean, M2) with Chan et al.'s formula: the
-    # activations of 2,000 images at once would cost about 1 GiB of memory.
-    merged: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
-    for start in range(0, len(x), batch_size):
-        acts = probe_activations(model, x[start:start + batch_size])
-        for layer in bn:
-            a = acts[layer.name].astype(np.float64)
-            a = a.reshape(-1, a.shape[-1])
-            n_b, mean_b = len(a), a.mean(axis=0)
-            m2_b = ((a - mean_b) ** 2).sum(axis=0)
-            if layer.name not in merged:
-                merged[layer.name] = (n_b, mean_b, m2_b)
-                continue
-            n_a, mean_a, m2_a = merged[layer.name]
-            n = n_a + n_b
-            delta = mean_b - mean_a
-            merged[layer.name] = (n, mean_a + delta * n_b / n, m2_a + m2_b + delta ** 2 * n_a * n_b / n)
-    ratios = {}
-    for layer in bn:
-        n, _, m2 = merged[layer.name]
-        moving = keras.ops.convert_to_numpy(layer.moving_variance).astype(np.float64)
-        ratios[layer.name] = (m2 / n + layer.epsilon) / (moving + layer.epsilon)
-    return ratios
-
-
-def shift_from_ratios(ratios: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per BN layer: the mean over channels of ``max(r, 1/r)``."""
-    return {name: float(np.maximum(r, 1.0 / r).mean()) for name, r in ratios.items()}
-
-
-def variance_shift(model: keras.Model, x) -> dict[str, float]:
-    """Per BN layer: the mean over channels of ``max(r, 1/r)``, ``r`` from ``variance_ratios``;
-    1.0 means no shift, 2.0 means a factor of two either way. For the worst channel or
-    the direction of the shift, use ``variance_ratios``."""
-    return shift_from_ratios(variance_ratios(model, x))
