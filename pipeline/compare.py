@@ -3,284 +3,118 @@
 In: ``params.yaml`` (``variants``, ``seeds``, ``mlflow``, ``compare``) and the training
 stages' records ``results/<variant>-s<seed>/record.json``: they name exactly the runs the
 current pipeline state produced, so older and failed runs in the store never leak in.
-The runs' params, metrics, metric histories and artifacts are read back from MLflow.
-Out: ``reports/comparison.md`` and ``.csv`` (one row per variant), ``reports/figures/*.png``,
-``reports/metrics.json`` (for ``dvc metrics``/``dvc exp show``), and a ``comparison`` run
-in the same MLflow experiment holding the table and figures.
+The runs' params, metrics, metric histories and artifacts are read back from MLflow
+(``pipeline.runs``).
+Out: ``reports/comparison.md`` (rendered by ``pipeline.report``), ``comparison.csv`` (one row
+per variant), ``significance.csv`` (one row per compared pair, with its verdict),
+``reports/figures/*.png``, ``reports/metrics.json`` (for ``dvc metrics``/``dvc exp show``),
+and a ``comparison`` run in the same MLflow experiment holding the tables and figures, whose
+description is the report with figures and runs linked for the MLflow UI.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline import figures, paths, stats, tracking
+from pipeline import diagnostics_report, figures, paths, report, stats, tracking
 from pipeline.cli import run_main
-from pipeline.errors import UserError
 from pipeline.params import CompareSettings, Params, VariantSpec
+from pipeline.runs import RunData, RunKey, check_records_match, fetch_runs, read_records
 
 log = logging.getLogger("pipeline.compare")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-
-@dataclass
-class RunData:
-    variant: str
-    seed: int
-    run_id: str
-    test_loss: float
-    test_accuracy: float
-    train_seconds: float
-    parameters: int
-    correct: np.ndarray
-    curves: pd.DataFrame                      # epoch, test_accuracy, test_loss
-    n_train: int = 0
-    bn: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    diagnostics: dict = field(default_factory=dict)
+SIGNIFICANCE_COLUMNS = ["a", "b", "diff_pp", "only_a_right", "only_b_right", "mcnemar_p", "mcnemar_p_per_seed",
+                        "seed_t_p", "test", "p", "p_holm", "verdict"]
 
 
-def read_records(variants: list[str], seeds: list[int], results: Path = paths.RESULTS) -> dict[tuple[str, int], dict]:
-    records = {}
-    for v in variants:
-        for s in seeds:
-            path = results / f"{v}-s{s}" / "record.json"
-            if not path.exists():
-                raise UserError(f"no training record {path.relative_to(results.parent)}; "
-                                f"run `dvc repro train@{v}-{s}` (or `dvc repro` for the whole study)")
-            records[(v, s)] = json.loads(path.read_text())
-    return records
-
-
-def _check_store(uri: str) -> None:
-    tracking.check_server(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `dvc repro` to train the variants first "
-                        "(or set MLFLOW_TRACKING_URI to the store they were logged in)")
-
-
-def fetch_runs(records: dict[tuple[str, int], dict], uri: str) -> dict[tuple[str, int], RunData]:
-    """Read every recorded run back from MLflow; refuse unknown or unfinished runs."""
-    import mlflow
-    from mlflow.artifacts import download_artifacts
-
-    _check_store(uri)
-    client = mlflow.MlflowClient(uri)
-    ids = {rec["run_id"]: key for key, rec in records.items()}
-    experiments = sorted({str(rec["experiment_id"]) for rec in records.values()})
-    quoted = ", ".join(f"'{i}'" for i in ids)
-    found = client.search_runs(experiments, filter_string=f"attributes.run_id IN ({quoted})",
-                               max_results=max(len(ids), 1))
-    by_id = {r.info.run_id: r for r in found}
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="lenet-compare-") as tmp:
-        for run_id, (variant, seed) in ids.items():
-            where = f"train@{variant}-{seed}"
-            run = by_id.get(run_id)
-            if run is None:
-                raise UserError(f"run {run_id} ({variant}-s{seed}) is not in the MLflow store {tracking.redact(uri)}; "
-                                f"was it trained against another store? Re-run `dvc repro -f {where}`")
-            if run.info.status != "FINISHED":
-                raise UserError(f"run {run_id} ({variant}-s{seed}) is {run.info.status}, not FINISHED; "
-                                f"re-run `dvc repro -f {where}`")
-            m = run.data.metrics
-            missing = {"test_loss", "test_accuracy", "train_seconds"} - set(m)
-            if missing:
-                raise UserError(f"run {run_id} ({variant}-s{seed}) lacks metrics {sorted(missing)}")
-            dst = Path(tmp) / run_id
-            preds = pd.read_csv(download_artifacts(run_id=run_id, artifact_path="predictions.csv",
-                                                   dst_path=str(dst), tracking_uri=uri))
-            curves = pd.DataFrame({
-                key: pd.Series({h.step: h.value for h in client.get_metric_history(run_id, key)})
-                for key in ("test_accuracy", "test_loss")
-            }).rename_axis("epoch").reset_index()
-            bn = {}
-            artifacts = {a.path for a in client.list_artifacts(run_id)}
-            if "bn_weights" in artifacts:
-                bn_dir = Path(download_artifacts(run_id=run_id, artifact_path="bn_weights", dst_path=str(dst),
-                                                 tracking_uri=uri))
-                for npz in sorted(bn_dir.glob("*.npz")):
-                    with np.load(npz) as z:
-                        bn[npz.stem] = {k: z[k] for k in z.files}
-            diagnostics = {}
-            if "diagnostics" in artifacts:
-                diag = Path(download_artifacts(run_id=run_id, artifact_path="diagnostics", dst_path=str(dst),
-                                               tracking_uri=uri))
-                diagnostics = {"summary": json.loads((diag / "summary.json").read_text())}
-                if (diag / "history.csv").exists():  # absent when covariate_shift was switched off
-                    diagnostics["history"] = pd.read_csv(diag / "history.csv")
-                if (diag / "fc1_activations.npy").exists():
-                    diagnostics["fc1_activations"] = np.load(diag / "fc1_activations.npy")
-            out[(variant, seed)] = RunData(
-                variant=variant, seed=seed, run_id=run_id, test_loss=float(m["test_loss"]),
-                test_accuracy=float(m["test_accuracy"]), train_seconds=float(m["train_seconds"]),
-                parameters=int(float(run.data.params.get("model.params_total", "nan"))),
-                n_train=int(float(run.data.params.get("data.n_train", "0"))),
-                correct=preds["correct"].to_numpy().astype(bool), curves=curves, bn=bn, diagnostics=diagnostics)
-    return out
-
-
-def variant_table(runs: dict[tuple[str, int], RunData], specs: dict[str, VariantSpec], reference: dict,
+def variant_table(runs: dict[RunKey, RunData], specs: dict[str, VariantSpec], reference: dict,
                   confidence: float) -> pd.DataFrame:
+    """The results table: a row per variant (mean and std over seeds, accuracy interval), best first."""
     rows = []
-    for v, spec in specs.items():
-        mine = [r for (name, _), r in sorted(runs.items()) if name == v]
-        acc = [r.test_accuracy for r in mine]
-        loss = [r.test_loss for r in mine]
-        acc_mean, acc_std = stats.mean_std(acc)
-        loss_mean, loss_std = stats.mean_std(loss)
-        if len(mine) == 1:
-            n_test = len(mine[0].correct)
-            lo, hi = stats.wilson_interval(int(mine[0].correct.sum()), n_test, confidence)
-            method = f"Wilson, {n_test} test images"
+    for variant, spec in specs.items():
+        variant_runs = [run for (name, _), run in sorted(runs.items()) if name == variant]
+        accuracy = [run.test_accuracy for run in variant_runs]
+        accuracy_mean, accuracy_std = stats.mean_std(accuracy)
+        loss_mean, loss_std = stats.mean_std([run.test_loss for run in variant_runs])
+        if len(variant_runs) == 1:
+            n_test = len(variant_runs[0].correct)
+            ci_low, ci_high = stats.wilson_interval(int(variant_runs[0].correct.sum()), n_test, confidence)
+            ci_method = f"Wilson, {n_test} test images"
         else:
-            lo, hi = stats.t_interval(acc, confidence)
-            method = f"t across {len(mine)} seeds"
-        ref = reference.get(v)
+            ci_low, ci_high = stats.t_interval(accuracy, confidence)
+            ci_method = f"t across {len(variant_runs)} seeds"
+        notebook = reference.get(variant)
         rows.append({
-            "variant": v, "changes": spec.describe(),
-            "notebook_loss": ref.loss if ref else np.nan, "notebook_accuracy": ref.accuracy if ref else np.nan,
-            "n_seeds": len(mine),
+            "variant": variant, "changes": spec.describe(),
+            "notebook_loss": notebook.loss if notebook else np.nan,
+            "notebook_accuracy": notebook.accuracy if notebook else np.nan,
+            "n_seeds": len(variant_runs),
             "test_loss_mean": loss_mean, "test_loss_std": loss_std,
-            "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
-            "accuracy_ci_low": lo, "accuracy_ci_high": hi, "ci_method": method,
-            "train_seconds_mean": float(np.mean([r.train_seconds for r in mine])),
-            "parameters": mine[0].parameters,
-            "run_ids": " ".join(r.run_id for r in mine),
+            "test_accuracy_mean": accuracy_mean, "test_accuracy_std": accuracy_std,
+            "accuracy_ci_low": ci_low, "accuracy_ci_high": ci_high, "ci_method": ci_method,
+            "train_seconds_mean": float(np.mean([run.train_seconds for run in variant_runs])),
+            "parameters": variant_runs[0].parameters,
+            "run_ids": " ".join(run.run_id for run in variant_runs),
         })
     return pd.DataFrame(rows).sort_values("test_accuracy_mean", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def comparisons(runs: dict[tuple[str, int], RunData], variants: list[str], seeds: list[int],
-                settings: CompareSettings) -> pd.DataFrame:
-    """Each pair the notebook compared, and every variant against the control."""
-    control = settings.control
+def compared_pairs(variants: list[str], settings: CompareSettings) -> list[tuple[str, str]]:
+    """Each pair the notebook compared (where both were trained), then every variant against the control."""
     pairs: list[tuple[str, str]] = []
-    for pair in settings.pairs:
-        a, b = pair
+    for a, b in settings.pairs:
         if a in variants and b in variants and (a, b) not in pairs:
             pairs.append((a, b))
+    control = settings.control
     if control in variants:
         pairs += [(v, control) for v in variants if v != control and (v, control) not in pairs]
-    alpha = settings.alpha
+    return pairs
+
+
+def comparisons(runs: dict[RunKey, RunData], variants: list[str], seeds: list[int],
+                settings: CompareSettings) -> pd.DataFrame:
+    """The significance table: a row per compared pair, with its test, Holm-adjusted p and verdict."""
     rows = []
-    for a, b in pairs:
-        acc_a = [runs[(a, s)].test_accuracy for s in seeds]
-        acc_b = [runs[(b, s)].test_accuracy for s in seeds]
-        tests = [stats.mcnemar(runs[(a, s)].correct, runs[(b, s)].correct) for s in seeds]
-        mcnemar_p = max(t.p_value for t in tests)  # distinguishable only if every seed says so
-        seed_p = stats.paired_t(acc_a, acc_b) if len(seeds) >= 3 else float("nan")
+    for a, b in compared_pairs(variants, settings):
+        accuracy_a = [runs[(a, seed)].test_accuracy for seed in seeds]
+        accuracy_b = [runs[(b, seed)].test_accuracy for seed in seeds]
+        per_seed = [stats.mcnemar(runs[(a, seed)].correct, runs[(b, seed)].correct) for seed in seeds]
+        mcnemar_p = max(test.p_value for test in per_seed)  # distinguishable only if every seed says so
+        across_seeds = len(seeds) >= 3
+        seed_t_p = stats.paired_t(accuracy_a, accuracy_b) if across_seeds else float("nan")
         rows.append({
-            "a": a, "b": b, "diff_pp": 100 * (np.mean(acc_a) - np.mean(acc_b)),
-            "only_a_right": int(np.mean([t.only_a for t in tests])), "only_b_right": int(np.mean([t.only_b for t in tests])),
-            "mcnemar_p": mcnemar_p, "mcnemar_p_per_seed": " ".join(f"{t.p_value:.3g}" for t in tests),
-            "seed_t_p": seed_p, "test": "paired t across seeds" if len(seeds) >= 3 else "McNemar (exact)",
-            "p": seed_p if len(seeds) >= 3 else mcnemar_p,
+            "a": a, "b": b, "diff_pp": 100 * (np.mean(accuracy_a) - np.mean(accuracy_b)),
+            "only_a_right": int(np.mean([test.only_a for test in per_seed])),
+            "only_b_right": int(np.mean([test.only_b for test in per_seed])),
+            "mcnemar_p": mcnemar_p, "mcnemar_p_per_seed": " ".join(f"{test.p_value:.3g}" for test in per_seed),
+            "seed_t_p": seed_t_p, "test": "paired t across seeds" if across_seeds else "McNemar (exact)",
+            "p": seed_t_p if across_seeds else mcnemar_p,
         })
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    table["p_holm"] = stats.holm(table["p"].tolist())
-    table["verdict"] = [stats.verdict(r.a, r.b, r.diff_pp, r.p_holm, alpha) for r in table.itertuples()]
+    table = pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS[:-2])
+    table["p_holm"] = stats.holm(table["p"].tolist()) if rows else []
+    table["verdict"] = [stats.verdict(r.a, r.b, r.diff_pp, r.p_holm, settings.alpha) for r in table.itertuples()]
     return table
 
 
-def _pm(mean: float, std: float, n: int, digits: int) -> str:
-    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def _ref(x: float, digits: int) -> str:
-    return "–" if pd.isna(x) else f"{x:.{digits}f}"
-
-
-def render_markdown(table: pd.DataFrame, sig: pd.DataFrame, params: Params, seeds: list[int], uri: str,
-                    experiment: str, figure_names: list[str], extra_sections: list[str], n_train: int,
-                    n_test: int) -> str:
-    train = params.train
-    conf = int(round(100 * params.compare.confidence))
-    alpha = params.compare.alpha
-    lines = [
-        "# LeNet-5 on MNIST: batch norm, dropout, both, or neither",
-        "",
-        f"Generated by `python -m pipeline.compare` from the MLflow runs of experiment `{experiment}` "
-        f"(store `{tracking.redact(uri)}`) that the current pipeline state produced. "
-        f"Seeds: {', '.join(map(str, seeds))}.",
-        "",
-        "## Results",
-        "",
-        f"| variant | what changes | notebook loss | notebook acc. | test loss | test accuracy | {conf}% interval | n | train s | parameters |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
-    ]
-    for r in table.itertuples():
-        lines.append(
-            f"| {r.variant} | {r.changes} | {_ref(r.notebook_loss, 4)} | {_ref(r.notebook_accuracy, 4)} "
-            f"| {_pm(r.test_loss_mean, r.test_loss_std, r.n_seeds, 4)} "
-            f"| {_pm(r.test_accuracy_mean, r.test_accuracy_std, r.n_seeds, 4)} "
-            f"| {r.accuracy_ci_low:.4f}–{r.accuracy_ci_high:.4f} ({r.ci_method}) | {r.n_seeds} "
-            f"| {r.train_seconds_mean:.0f} | {r.parameters:,} |")
-    lines += ["", "MLflow runs: " + "; ".join(f"{r.variant}: {r.run_ids}" for r in table.itertuples()), ""]
-    lines += [
-        "## Which differences are real",
-        "",
-        "**Varied (the scientific settings):** where batch norm sits (input, hidden layers) and the dropout "
-        "rates (input, hidden), as each variant's spec in `params.yaml` says; `plain` is the control with neither "
-        "(and conv biases on).",
-        "",
-        f"**Held fixed:** SGD with learning rate {train.learning_rate:g} and momentum {train.momentum:g}, "
-        f"batch size {train.batch_size}, {train.epochs} epoch{'s' if train.epochs > 1 else ''}, categorical "
-        f"cross-entropy, pixels / 255, the same {n_train:,} training and {n_test:,} test images, and the same "
-        f"seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}) for every variant.",
-        "",
-    ]
-    if sig.empty:
-        lines += ["No pairs to compare with the variants trained.", ""]
-    else:
-        lines += [
-            "| comparison | difference (pp) | A right, B wrong | B right, A wrong | McNemar p | seeds: paired t p | Holm-adjusted p | verdict |",
-            "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |",
-        ]
-        for r in sig.itertuples():
-            seed_p = "–" if math.isnan(r.seed_t_p) else f"{r.seed_t_p:.2g}"
-            lines.append(f"| {r.a} vs {r.b} | {r.diff_pp:+.2f} | {r.only_a_right} | {r.only_b_right} "
-                         f"| {r.mcnemar_p_per_seed} | {seed_p} | {r.p_holm:.2g} | {r.verdict.split(' — ')[1]} |")
-        lines += ["", "Verdicts:", ""] + [f"- {v}" for v in sig["verdict"]] + [""]
-        if len(seeds) >= 3:
-            how = ("With 3 or more seeds the verdict rests on a paired t-test of test accuracy across seeds, "
-                   "which includes training noise; McNemar's exact test on the per-image predictions is shown per seed.")
-        else:
-            how = ("With fewer than 3 seeds the verdict rests on McNemar's exact test on the per-image test predictions "
-                   f"(the largest p over seeds). It says whether the two trained networks differ on these {n_test:,} images; "
-                   "it cannot see how much a different seed would move either one. "
-                   "`dvc exp run -S 'seeds=[0,1,2]'` adds the test across seeds.")
-        lines += [how + f" p-values are Holm-adjusted over the {len(sig)} comparisons; "
-                  f"a difference is called real when the adjusted p < {alpha:g}.", ""]
-    titles = {"curves.png": "Test accuracy and loss per epoch", "accuracy.png": "Final test accuracy with intervals",
-              "bn_parameters.png": "Learned batch-norm gamma and beta"}
-    lines += ["## Figures", ""]
-    for name in figure_names:
-        lines += [f"**{titles.get(name, name)}**", "", f"![{name}](figures/{name})", ""]
-    for extra in extra_sections:
-        lines += [extra, ""]
-    return "\n".join(lines)
-
-
-def draw_figures(runs: dict[tuple[str, int], RunData], table: pd.DataFrame, out: Path) -> list[str]:
+def draw_figures(runs: dict[RunKey, RunData], table: pd.DataFrame, out: Path) -> list[str]:
+    """The report's main figures (batch-norm weights of the first seed only); returns their file names."""
     names = []
     curves = pd.concat([r.curves.assign(variant=r.variant, seed=r.seed) for r in runs.values()], ignore_index=True)
     figures.learning_curves(curves, out / "curves.png")
     names.append("curves.png")
     figures.accuracy_bars(table, out / "accuracy.png")
     names.append("accuracy.png")
-    first_seed = min(s for _, s in runs)
-    bn = {r.variant: r.bn for (v, s), r in runs.items() if s == first_seed and r.bn}
+    first_seed = min(seed for _, seed in runs)
+    bn = {run.variant: run.bn for (_, seed), run in runs.items() if seed == first_seed and run.bn}
     if bn:
         figures.bn_distributions(bn, out / "bn_parameters.png")
         names.append("bn_parameters.png")
@@ -297,70 +131,76 @@ def _publish(staging: Path, reports: Path) -> None:
         os.replace(item, reports / item.name)
 
 
-def log_summary_run(uri: str, experiment_id: str, table: pd.DataFrame, sig: pd.DataFrame, reports: Path,
-                    run_ids: list[str]) -> str:
+def metrics_summary(table: pd.DataFrame, significance: pd.DataFrame, diagnostics) -> dict:
+    """What ``reports/metrics.json`` holds for ``dvc metrics``: rounded means, verdict numbers, diagnostics."""
+    metrics = {r.variant: {"test_accuracy": round(r.test_accuracy_mean, 6), "test_loss": round(r.test_loss_mean, 6),
+                           "n_seeds": r.n_seeds} for r in table.itertuples()}
+    if not significance.empty:
+        metrics["significance"] = {f"{r.a}_vs_{r.b}": {"diff_pp": round(r.diff_pp, 4), "p_holm": round(r.p_holm, 6)}
+                                   for r in significance.itertuples()}
+    metrics.update(diagnostics.metrics if diagnostics else {})
+    return metrics
+
+
+def write_report(runs: dict[RunKey, RunData], table: pd.DataFrame, significance: pd.DataFrame, params: Params,
+                 uri: str, reports: Path) -> report.ReportData:
+    """Stage every file of the report, then publish them together; returns what the report shows."""
+    reports.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".compare-", dir=reports))
+    try:
+        (staging / "figures").mkdir()
+        names = draw_figures(runs, table, staging / "figures")
+        diagnostics = diagnostics_report.build(runs, params.variants, staging / "figures")
+        any_run = next(iter(runs.values()))
+        data = report.ReportData(table, significance, params, params.mlflow.experiment, report.store_label(uri),
+                                 names, diagnostics, n_train=any_run.n_train, n_test=len(any_run.correct))
+        table.to_csv(staging / "comparison.csv", index=False)
+        significance.to_csv(staging / "significance.csv", index=False)
+        (staging / "comparison.md").write_text(report.render(data))
+        metrics = metrics_summary(table, significance, diagnostics)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        _publish(staging, reports)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return data
+
+
+def log_summary_run(uri: str, experiment_id: str, data: report.ReportData, reports: Path, run_ids: list[str]) -> str:
+    """The ``comparison`` run: tables, figures, and the report as its description, linked for the MLflow UI."""
     import mlflow
 
     # The store the runs were read from, not MLflow's cwd-relative default (a temporary
     # copy's empty mlflow.db under `dvc exp run --temp`).
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name="comparison",
-                          tags={"pipeline.kind": "comparison", "pipeline.runs": " ".join(run_ids),
-                                "mlflow.note.content": (reports / "comparison.md").read_text()}) as run:
-        mlflow.log_table(data=table, artifact_file="comparison_table.json")
-        if not sig.empty:
-            mlflow.log_table(data=sig, artifact_file="significance_table.json")
-        for v in table.itertuples():
+                          tags={"pipeline.kind": "comparison", "pipeline.runs": " ".join(run_ids)}) as run:
+        links = report.Links.mlflow_ui(artifacts_run_id=run.info.run_id, experiment_id=experiment_id)
+        mlflow.set_tag("mlflow.note.content", report.render(data, links))
+        mlflow.log_table(data=data.table, artifact_file="comparison_table.json")
+        if not data.significance.empty:
+            mlflow.log_table(data=data.significance, artifact_file="significance_table.json")
+        for v in data.table.itertuples():
             mlflow.log_metric(f"{v.variant}.test_accuracy_mean", v.test_accuracy_mean)
             mlflow.log_metric(f"{v.variant}.test_loss_mean", v.test_loss_mean)
-        mlflow.log_artifact(str(reports / "comparison.md"))
-        mlflow.log_artifact(str(reports / "comparison.csv"))
+        for name in ("comparison.md", "comparison.csv", "significance.csv"):
+            mlflow.log_artifact(str(reports / name))
         mlflow.log_artifacts(str(reports / "figures"), artifact_path="figures")
     return run.info.run_id
 
 
 def compare(params_path: Path = paths.PARAMS, results: Path = paths.RESULTS, reports: Path = paths.REPORTS) -> pd.DataFrame:
+    """The report on the runs the records name; returns the variant table."""
     params = Params.load(params_path)
-    variants = list(params.variants)
-    specs = params.variants
-    seeds = params.seeds
+    variants, seeds = list(params.variants), params.seeds
     records = read_records(variants, seeds, results)
     uri = tracking.tracking_uri()
     runs = fetch_runs(records, uri)
-    for key, rec in records.items():
-        r = runs[key]
-        if not math.isclose(rec["test_accuracy"], r.test_accuracy, rel_tol=1e-9):
-            raise UserError(f"{key[0]}-s{key[1]}: record says test_accuracy {rec['test_accuracy']}, MLflow run "
-                            f"{r.run_id} says {r.test_accuracy}; re-run `dvc repro -f train@{key[0]}-{key[1]}`")
-    table = variant_table(runs, specs, params.compare.reference, params.compare.confidence)
-    sig = comparisons(runs, variants, seeds, params.compare)
-    experiment = params.mlflow.experiment
-
-    from pipeline import diagnostics_report
-
-    reports.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".compare-", dir=reports))
-    try:
-        (staging / "figures").mkdir()
-        names = draw_figures(runs, table, staging / "figures")
-        extra, _, diag_metrics = diagnostics_report.section(runs, staging / "figures")
-        table.to_csv(staging / "comparison.csv", index=False)
-        any_run = next(iter(runs.values()))
-        (staging / "comparison.md").write_text(
-            render_markdown(table, sig, params, seeds, uri, experiment, names, [extra] if extra else [],
-                            n_train=any_run.n_train, n_test=len(any_run.correct)))
-        metrics = {r.variant: {"test_accuracy": round(r.test_accuracy_mean, 6), "test_loss": round(r.test_loss_mean, 6),
-                               "n_seeds": r.n_seeds} for r in table.itertuples()}
-        if not sig.empty:
-            metrics["significance"] = {f"{r.a}_vs_{r.b}": {"diff_pp": round(r.diff_pp, 4), "p_holm": round(r.p_holm, 6)}
-                                       for r in sig.itertuples()}
-        metrics.update(diag_metrics)
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        _publish(staging, reports)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    check_records_match(records, runs)
+    table = variant_table(runs, params.variants, params.compare.reference, params.compare.confidence)
+    significance = comparisons(runs, variants, seeds, params.compare)
+    data = write_report(runs, table, significance, params, uri, reports)
     experiment_id = str(next(iter(records.values()))["experiment_id"])
-    summary_id = log_summary_run(uri, experiment_id, table, sig, reports, [r.run_id for r in runs.values()])
+    summary_id = log_summary_run(uri, experiment_id, data, reports, [r.run_id for r in runs.values()])
     print((reports / "comparison.md").read_text())
     print(f"report: {reports / 'comparison.md'}; MLflow summary run {summary_id}")
     return table

@@ -1,192 +1,219 @@
-"""The report's diagnostics section, from what each training run measured.
+"""The numbers and figures of the report's diagnostics section, from what each training run measured.
 
-In: the compare stage's runs (``RunData`` with ``diagnostics = {"summary": dict,
-"history": DataFrame}`` read from each run's ``diagnostics/`` artifacts) and a figure folder.
-Out: ``section(runs, fig_dir)`` returns the Markdown section, the figure file names it
-drew, and a few numbers for ``reports/metrics.json``. Runs without diagnostics are skipped.
+In: the compare stage's runs (``RunData`` with ``diagnostics = {"summary": dict, "history":
+DataFrame, "fc1_activations": array}`` read from each run's ``diagnostics/`` artifacts), the
+variant specs from ``params.yaml`` and a figure folder.
+Out: ``build(runs, specs, fig_dir)`` draws the section's figures and returns a
+``DiagnosticsSection`` (tables, claims, figure names, numbers for ``reports/metrics.json``),
+or None when no run measured anything; ``pipeline.report`` renders it. Which variants are
+compared comes from the specs (see ``dropout_counterparts``), not from variant names.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from pipeline import figures
+from pipeline.params import VariantSpec
 
 TANH_POINTS = ["conv1_tanh", "conv2_tanh", "conv3_tanh", "fc1_tanh"]
 
 
-def _mean(values) -> float:
+@dataclass
+class CoadaptationClaim:
+    """Co-adaptation of a variant with dropout against its counterpart without."""
+    with_dropout: str
+    without: str
+    value_with: float
+    value_without: float
+    differences: list[dict] = field(default_factory=list)  # per seed: difference, low, high (paired bootstrap)
+
+    @property
+    def lower_everywhere(self) -> bool:
+        return bool(self.differences) and all(d["high"] < 0 for d in self.differences)
+
+    @property
+    def higher_everywhere(self) -> bool:
+        return bool(self.differences) and all(d["low"] > 0 for d in self.differences)
+
+    @property
+    def seeds_excluding_zero(self) -> int:
+        return sum(d["high"] < 0 or d["low"] > 0 for d in self.differences)
+
+    @property
+    def mean_difference(self) -> float:
+        return float(np.mean([d["difference"] for d in self.differences]))
+
+
+@dataclass
+class VarianceShiftClaim:
+    """Li et al.'s explanation, checked layer by layer: is the shift larger with dropout before BN?"""
+    with_dropout: str
+    without: str
+    layers: dict[str, tuple[float, float]]  # BN layer both have -> (shift with dropout, without)
+
+    @property
+    def larger(self) -> int:
+        return sum(with_dropout > without for with_dropout, without in self.layers.values())
+
+
+@dataclass
+class DiagnosticsSection:
+    every_n_batches: object = None
+    drift: pd.DataFrame | None = None            # variant x "<point>" -> (Δmean/std, Δlog-std)
+    coadaptation: dict[str, float] = field(default_factory=dict)
+    coadaptation_claims: list[CoadaptationClaim] = field(default_factory=list)
+    variance_shift_measured: bool = False
+    variance_shift: pd.DataFrame | None = None   # BN layer x variant -> max(r, 1/r)
+    variance_shift_claims: list[VarianceShiftClaim] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=lambda: {"diagnostics": {}})
+
+
+def mean_of_measured(values) -> float:
+    """The mean of the values that were measured (None and NaN left out); NaN if none were."""
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return float(np.mean(values)) if values else float("nan")
 
 
-def _fmt(x: float, digits: int = 3) -> str:
-    return "–" if x is None or math.isnan(x) else f"{x:.{digits}f}"
-
-
-def _by_variant(runs) -> dict[str, list]:
-    out: dict[str, list] = {}
+def runs_with_diagnostics(runs) -> dict[str, list]:
+    by_variant: dict[str, list] = {}
     for (variant, _seed), run in sorted(runs.items()):
         if run.diagnostics:
-            out.setdefault(variant, []).append(run)
-    return out
+            by_variant.setdefault(variant, []).append(run)
+    return by_variant
 
 
-def _coadaptation_claim(with_dropout: str, without: str, variants: dict, coad: dict) -> str:
-    """One line: the difference in co-adaptation, and whether the probe images (paired
-    bootstrap, per seed) tell the two apart; without saved activations, only the sign."""
+def _bn_sites(spec: VariantSpec) -> set[str]:
+    return {site for site, on in (("input", spec.bn_input), ("hidden", spec.bn_hidden)) if on}
+
+
+def dropout_counterparts(specs: dict[str, VariantSpec]) -> list[tuple[str, str]]:
+    """(with dropout, without) pairs: each variant with dropout against every variant without
+    dropout that has batch norm exactly when it does, and only where it does (conv biases aside).
+
+    With the committed specs: (dropout, plain), (bn_dropout, bn_hidden), (bn_dropout, bn_all).
+    """
+    return [(with_dropout.name, without.name)
+            for with_dropout in specs.values() if with_dropout.has_dropout
+            for without in specs.values()
+            if not without.has_dropout and without.has_bn == with_dropout.has_bn
+            and _bn_sites(without) <= _bn_sites(with_dropout)]
+
+
+# --- internal covariate shift ------------------------------------------------------------
+
+
+def _drift_table(drift_runs: dict[str, list]) -> pd.DataFrame:
+    rows = {}
+    for variant, runs in drift_runs.items():
+        rows[variant] = {
+            point: tuple(mean_of_measured([run.diagnostics["summary"]["drift"].get(point, {}).get(key) for run in runs])
+                         for key in ("mean_abs_delta_mean_std", "mean_abs_delta_log_std"))
+            for point in TANH_POINTS}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _covariate_shift(section: DiagnosticsSection, by_variant: dict[str, list], fig_dir) -> None:
+    drift_runs = {v: [r for r in runs if "drift" in r.diagnostics["summary"]] for v, runs in by_variant.items()}
+    drift_runs = {v: runs for v, runs in drift_runs.items() if runs}
+    if not drift_runs:
+        return
+    section.every_n_batches = next(iter(drift_runs.values()))[0].diagnostics["summary"].get("every_n_batches", "?")
+    histories = {v: runs[0].diagnostics["history"] for v, runs in by_variant.items()
+                 if runs[0].diagnostics.get("history") is not None}
+    if histories:
+        figures.covariate_shift_grid(histories, TANH_POINTS, fig_dir / "covariate_shift.png")
+        section.figures.append("covariate_shift.png")
+    section.drift = _drift_table(drift_runs)
+
+
+# --- co-adaptation ---------------------------------------------------------------------------
+
+
+def _coadaptation_claim(with_dropout: str, without: str, by_variant: dict[str, list],
+                        coadaptation: dict[str, float]) -> CoadaptationClaim:
+    """The paired bootstrap over the probe images, per seed both variants have activations for."""
     from pipeline.diagnostics import coadaptation_difference
 
-    head = f"{with_dropout} ({_fmt(coad[with_dropout])}) vs {without} ({_fmt(coad[without])})"
-    seeds_a = {r.seed: r for r in variants[with_dropout]}
-    seeds_b = {r.seed: r for r in variants[without]}
-    diffs = [coadaptation_difference(seeds_a[s].diagnostics["fc1_activations"],
-                                     seeds_b[s].diagnostics["fc1_activations"])
-             for s in sorted(seeds_a.keys() & seeds_b.keys())
-             if "fc1_activations" in seeds_a[s].diagnostics and "fc1_activations" in seeds_b[s].diagnostics]
-    if not diffs:
-        lower = coad[with_dropout] < coad[without]
-        return f"{head}: dropout {'lowers' if lower else 'does not lower'} the measured co-adaptation."
-    lower = sum(d["high"] < 0 for d in diffs)
-    higher = sum(d["low"] > 0 for d in diffs)
-    mean = float(np.mean([d["difference"] for d in diffs]))
-    if len(diffs) == 1:
-        d = diffs[0]
-        spread = f"{d['difference']:+.3f}, 95% bootstrap interval over probe images {d['low']:+.3f} to {d['high']:+.3f}"
-    else:
-        spread = (f"{mean:+.3f} on average over {len(diffs)} seeds; the 95% bootstrap interval over probe images "
-                  f"excludes 0 in {lower + higher} of them")
-    if lower == len(diffs):
-        verdict = "lower with dropout"
-    elif higher == len(diffs):
-        verdict = "higher with dropout"
-    else:
-        verdict = "not distinguishable on this probe"
-    return f"{head}: {spread}: {verdict}."
+    runs_with = {r.seed: r.diagnostics for r in by_variant[with_dropout]}
+    runs_without = {r.seed: r.diagnostics for r in by_variant[without]}
+    differences = [coadaptation_difference(runs_with[s]["fc1_activations"], runs_without[s]["fc1_activations"])
+                   for s in sorted(runs_with.keys() & runs_without.keys())
+                   if "fc1_activations" in runs_with[s] and "fc1_activations" in runs_without[s]]
+    return CoadaptationClaim(with_dropout, without, coadaptation[with_dropout], coadaptation[without], differences)
 
 
-def _coadaptation_lines(variants: dict, first_seed: dict, coad: dict, fig_dir, names: list[str]) -> list[str]:
-    lines = [
-        "### Co-adaptation (after Srivastava et al. 2014; Cogswell et al. 2016)",
-        "",
-        "Mean absolute pairwise correlation between the 84 units of the Dense(84) layer (after tanh) on the probe "
-        "batch at the end of training. Lower means the units are less co-adapted. A difference counts when a "
-        "paired bootstrap over the probe images (the same images resampled for both networks) puts its 95% "
-        "interval on one side of 0; that interval covers the choice of images, not training noise.",
-        "",
-        "| variant | mean abs. correlation, fc1 |",
-        "| --- | ---: |",
-    ] + [f"| {v} | {_fmt(c)} |" for v, c in coad.items()] + [""]
-    claims = []
-    for with_dropout, without in (("dropout", "plain"), ("bn_dropout", "bn_hidden"), ("bn_dropout", "bn_all")):
-        if with_dropout in coad and without in coad and not math.isnan(coad[with_dropout] + coad[without]):
-            claims.append(_coadaptation_claim(with_dropout, without, variants, coad))
-    lines += [f"- {c}" for c in claims] + ([""] if claims else [])
-    curves = {}
-    for v, r in first_seed.items():
-        hist = r.diagnostics["summary"].get("coadaptation_history") or []
-        if hist:
-            curves[v] = pd.DataFrame(hist, columns=["step", "value"])
+def _coadaptation(section: DiagnosticsSection, by_variant: dict[str, list], specs, fig_dir) -> None:
+    measured = {v: mean_of_measured([r.diagnostics["summary"].get("coadaptation_fc1") for r in runs])
+                for v, runs in by_variant.items()}
+    section.coadaptation = {v: c for v, c in measured.items() if not math.isnan(c)}
+    if not section.coadaptation:
+        return
+    section.metrics["diagnostics"]["coadaptation_fc1"] = {v: round(c, 6) for v, c in section.coadaptation.items()}
+    section.coadaptation_claims = [_coadaptation_claim(a, b, by_variant, section.coadaptation)
+                                   for a, b in dropout_counterparts(specs)
+                                   if a in section.coadaptation and b in section.coadaptation]
+    curves = {v: pd.DataFrame(history, columns=["step", "value"]) for v, runs in by_variant.items()
+              if (history := runs[0].diagnostics["summary"].get("coadaptation_history"))}
     if curves:
         figures.series_over_steps(curves, fig_dir / "coadaptation.png", "mean abs. correlation (fc1)",
                                   "Co-adaptation of the Dense(84) units during training")
-        names.append("coadaptation.png")
-        lines += ["![co-adaptation](figures/coadaptation.png)", ""]
-    return lines
+        section.figures.append("coadaptation.png")
 
 
-def section(runs, fig_dir) -> tuple[str, list[str], dict]:
-    variants = _by_variant(runs)
-    if not variants:
-        return "", [], {}
-    names: list[str] = []
-    lines = [
-        "## Diagnostics: measurements, not causes",
-        "",
-        "What the training runs measured inside the networks, on a fixed probe batch of held-out test images. "
-        "These describe the networks; they do not explain the accuracy differences above. Santurkar et al. (2018) "
-        "showed that batch norm's benefit is not explained by a reduction of internal covariate shift.",
-        "",
-    ]
-    metrics: dict = {"diagnostics": {}}
-    first_seed = {v: rs[0] for v, rs in variants.items()}
-    drift_runs = {v: [r for r in rs if "drift" in r.diagnostics["summary"]] for v, rs in variants.items()}
-    drift_runs = {v: rs for v, rs in drift_runs.items() if rs}
-    if drift_runs:
-        every = drift_runs[next(iter(drift_runs))][0].diagnostics["summary"].get("every_n_batches", "?")
-        lines += [
-            "### Internal covariate shift (after Ioffe & Szegedy 2015, Fig. 1b–c)",
-            "",
-            f"The 15th, 50th and 85th percentiles of the input to each tanh, recorded every {every} optimizer steps. "
-            "Drift is the mean absolute change between consecutive checkpoints: of the mean (in units of the "
-            "earlier checkpoint's std) and of the log-std. Lower means the layer's input distribution moved less.",
-            "",
-        ]
-        histories = {v: r.diagnostics["history"] for v, r in first_seed.items()
-                     if r.diagnostics.get("history") is not None}
-        if histories:
-            figures.covariate_shift_grid(histories, TANH_POINTS, fig_dir / "covariate_shift.png")
-            names.append("covariate_shift.png")
-            lines += ["![covariate shift](figures/covariate_shift.png)", ""]
-        lines += ["| variant | " + " | ".join(f"{p}: Δmean/std, Δlog-std" for p in TANH_POINTS) + " |",
-                  "| --- |" + " ---: |" * len(TANH_POINTS)]
-        for v, rs in drift_runs.items():
-            cells = []
-            for p in TANH_POINTS:
-                d_mean = _mean([r.diagnostics["summary"]["drift"].get(p, {}).get("mean_abs_delta_mean_std")
-                                for r in rs])
-                d_std = _mean([r.diagnostics["summary"]["drift"].get(p, {}).get("mean_abs_delta_log_std")
-                               for r in rs])
-                cells.append(f"{_fmt(d_mean)}, {_fmt(d_std)}")
-            lines.append(f"| {v} | " + " | ".join(cells) + " |")
-        lines.append("")
+# --- variance shift --------------------------------------------------------------------------
 
-    coad = {v: _mean([r.diagnostics["summary"].get("coadaptation_fc1") for r in rs]) for v, rs in variants.items()}
-    coad = {v: c for v, c in coad.items() if not math.isnan(c)}
-    if coad:
-        lines += _coadaptation_lines(variants, first_seed, coad, fig_dir, names)
-        metrics["diagnostics"]["coadaptation_fc1"] = {v: round(c, 6) for v, c in coad.items()}
 
-    measured = {v: [r for r in rs if "variance_shift" in r.diagnostics["summary"]] for v, rs in variants.items()}
-    shift = {v: {layer: _mean([r.diagnostics["summary"]["variance_shift"].get(layer) for r in rs])
-                 for layer in rs[0].diagnostics["summary"]["variance_shift"]}
-             for v, rs in measured.items() if rs and rs[0].diagnostics["summary"]["variance_shift"]}
-    if any(measured.values()):
-        lines += [
-            "### Variance shift (after Li, Chen, Hu & Yang, CVPR 2019)",
-            "",
-            "For every batch-norm layer: the variance of its input at inference (dropout off) against the moving "
-            "variance it learned in training, as max(ratio, 1/ratio) averaged over channels. 1 means no shift.",
-            "",
-        ]
-    if shift:
-        layers = []
-        for s in shift.values():
-            layers += [layer for layer in s if layer not in layers]
-        lines += ["| BN layer | " + " | ".join(shift) + " |", "| --- |" + " ---: |" * len(shift)]
-        for layer in layers:
-            lines.append(f"| {layer} | " + " | ".join(_fmt(shift[v].get(layer, float("nan"))) for v in shift) + " |")
-        lines.append("")
-        figures.grouped_bars({layer: {v: shift[v].get(layer, float("nan")) for v in shift} for layer in layers},
-                             fig_dir / "variance_shift.png", "max(r, 1/r), mean over channels",
-                             "Variance shift per batch-norm layer", hline=1.0)
-        names.append("variance_shift.png")
-        lines += ["![variance shift](figures/variance_shift.png)", ""]
-        metrics["diagnostics"]["variance_shift_mean"] = {v: round(_mean(list(s.values())), 6) for v, s in shift.items()}
-        if "bn_dropout" in shift and "bn_hidden" in shift:
-            common = [layer for layer in shift["bn_dropout"] if layer in shift["bn_hidden"]]
-            larger = [layer for layer in common if shift["bn_dropout"][layer] > shift["bn_hidden"][layer]]
-            if common and len(larger) == len(common):
-                call = "support it: the shift is larger with dropout before batch norm in every layer both have"
-            elif len(larger) * 2 > len(common):
-                call = f"partly support it: the shift is larger with dropout in {len(larger)} of {len(common)} layers"
-            else:
-                call = f"do not support it: the shift is larger with dropout in only {len(larger)} of {len(common)} layers"
-            pairs = ", ".join(f"{layer}: {shift['bn_dropout'][layer]:.3f} vs {shift['bn_hidden'][layer]:.3f}"
-                              for layer in common)
-            lines += [f"Li et al. explain `bn_dropout`'s deficit by this shift. Our numbers {call} ({pairs}). "
-                      "That the shift is present does not by itself show it causes the lower accuracy.", ""]
-    return "\n".join(lines), names, metrics
+def _variance_shift_table(by_variant: dict[str, list]) -> pd.DataFrame | None:
+    """BN layer x variant: the mean over seeds of max(r, 1/r); layers in the order first measured."""
+    measured = {v: [r.diagnostics["summary"]["variance_shift"] for r in runs
+                    if "variance_shift" in r.diagnostics["summary"]] for v, runs in by_variant.items()}
+    shift = {v: {layer: mean_of_measured([m.get(layer) for m in per_seed]) for layer in per_seed[0]}
+             for v, per_seed in measured.items() if per_seed and per_seed[0]}
+    if not shift:
+        return None
+    layers = list(dict.fromkeys(layer for per_layer in shift.values() for layer in per_layer))
+    return pd.DataFrame(shift).reindex(layers)
+
+
+def _variance_shift_claims(shift: pd.DataFrame, specs) -> list[VarianceShiftClaim]:
+    claims = []
+    for with_dropout, without in dropout_counterparts(specs):
+        if with_dropout in shift and without in shift:
+            both = shift[[with_dropout, without]].dropna()
+            claims.append(VarianceShiftClaim(with_dropout, without, {
+                layer: (row[with_dropout], row[without]) for layer, row in both.iterrows()}))
+    return claims
+
+
+def _variance_shift(section: DiagnosticsSection, by_variant: dict[str, list], specs, fig_dir) -> None:
+    section.variance_shift_measured = any("variance_shift" in r.diagnostics["summary"]
+                                          for runs in by_variant.values() for r in runs)
+    shift = _variance_shift_table(by_variant)
+    if shift is None:
+        return
+    section.variance_shift = shift
+    figures.grouped_bars(shift.T.to_dict(), fig_dir / "variance_shift.png",
+                         "max(r, 1/r), mean over channels", "Variance shift per batch-norm layer", hline=1.0,
+                         xlabel="batch-norm layer")
+    section.figures.append("variance_shift.png")
+    section.metrics["diagnostics"]["variance_shift_mean"] = {
+        v: round(mean_of_measured(shift[v].dropna().tolist()), 6) for v in shift}
+    section.variance_shift_claims = _variance_shift_claims(shift, specs)
+
+
+def build(runs, specs: dict[str, VariantSpec], fig_dir) -> DiagnosticsSection | None:
+    """Draw the diagnostics figures into ``fig_dir`` and collect what the section shows."""
+    by_variant = runs_with_diagnostics(runs)
+    if not by_variant:
+        return None
+    section = DiagnosticsSection()
+    _covariate_shift(section, by_variant, fig_dir)
+    _coadaptation(section, by_variant, specs, fig_dir)
+    _variance_shift(section, by_variant, specs, fig_dir)
+    return section

@@ -1,7 +1,8 @@
 """Figures shared by the training stage (per run) and the comparison report.
 
 In: arrays or tidy tables already computed elsewhere, and an output path.
-Out: PNG files. Nothing here reads data or talks to MLflow.
+Out: PNG files, each with a title and labelled axes, so a figure reads without the code.
+Nothing here reads data or talks to MLflow.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def bn_distributions(weights: dict[str, dict[str, dict[str, np.ndarray]]], path:
                 if site in per_variant:
                     ax.hist(per_variant[site][name], bins=30, alpha=0.55, label=variant)
             ax.set_title(f"{site}: {name}", fontsize=9)
+            ax.set_xlabel(f"{name} value", fontsize=8)
+            ax.set_ylabel("channels", fontsize=8)
             ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Learned batch-norm parameters", fontsize=11)
@@ -87,7 +90,7 @@ def accuracy_bars(table, path: Path) -> None:
     low = np.nanmin(np.concatenate([table["accuracy_ci_low"].to_numpy(), ref]))
     ax.set_ylim(max(0.0, low - 0.02), min(1.0, float(np.nanmax(table["accuracy_ci_high"])) + 0.01))
     ax.set_xticks(x, table["variant"])
-    ax.set_ylabel("test accuracy")
+    ax.set(xlabel="variant", ylabel="test accuracy", title="Final test accuracy per variant")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -113,28 +116,31 @@ def covariate_shift_grid(histories: dict, points: list[str], path: Path) -> None
             if row == 0:
                 ax.set_title(variant, fontsize=9)
             if col == 0:
-                ax.set_ylabel(point, fontsize=8)
-    fig.suptitle("Input to each tanh on the probe batch: median, band = 15th–85th percentile; x = optimizer step",
+                ax.set_ylabel(f"{point} input", fontsize=8)
+            if row == len(points) - 1:
+                ax.set_xlabel("optimizer step", fontsize=8)
+    fig.suptitle("Input to each tanh on the probe batch: median, band = 15th–85th percentile",
                  fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 
 
-def grouped_bars(values: dict[str, dict[str, float]], path: Path, ylabel: str, title: str, hline: float | None = None) -> None:
+def grouped_bars(values: dict[str, dict[str, float]], path: Path, ylabel: str, title: str, hline: float | None = None,
+                 xlabel: str = "") -> None:
     """``values`` maps group (x tick) -> series -> value; bars grouped by x tick."""
     groups = list(values)
     series = []
-    for g in groups:
-        series += [s for s in values[g] if s not in series]
+    for group in groups:
+        series += [s for s in values[group] if s not in series]
     width = 0.8 / max(len(series), 1)
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(groups)), 3.5))
     for i, s in enumerate(series):
-        ys = [values[g].get(s, np.nan) for g in groups]
+        ys = [values[group].get(s, np.nan) for group in groups]
         ax.bar(np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width, ys, width, label=s)
     if hline is not None:
         ax.axhline(hline, color="black", lw=0.8, ls="--")
     ax.set_xticks(np.arange(len(groups)), groups, fontsize=8)
-    ax.set(ylabel=ylabel, title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.bench import FIXTURE_MNIST, fixture_pins  # noqa: F401  (re-exported to the tests)
-from pipeline.bench import project_copy as _bench_project_copy
 from pipeline.paths import ROOT  # noqa: F401  (re-exported to the tests)
+from testbed import FIXTURE_MNIST, fixture_pins  # noqa: F401  (re-exported to the tests)
+from testbed import project_copy as _testbed_project_copy
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -49,8 +49,8 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def make_project_copy(dest: Path, params: dict | None = None) -> Path:
     """A copy of the project's tracked files (no data, no store) as a fresh git + DVC repo:
-    the benchmark's copy, with the tiny params by default."""
-    return _bench_project_copy(dest, params or tiny_params())
+    the benchmark's copy (``testbed.project_copy``), with the tiny params by default."""
+    return _testbed_project_copy(dest, params or tiny_params())
 
 
 @pytest.fixture

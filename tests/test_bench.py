@@ -1,5 +1,5 @@
 """The benchmark: FLOPs counted from the layers against a hand count, the DVC log parser,
-and ``python -m pipeline.bench --quick`` end to end (real workers, a real ``dvc repro`` of
+and ``python -m benchmarks --quick`` end to end (real workers, a real ``dvc repro`` of
 the fixture subset) writing a complete JSON and Markdown report into a temporary folder.
 No timing is asserted: only that every number is there and sane."""
 
@@ -13,8 +13,12 @@ import sys
 import pytest
 
 from conftest import ROOT, subprocess_env
-from pipeline.bench import (Candidate, diagnostics_cost, diagnostics_lines, epoch_lines, flops_summary, spread,
-                            stage_times)
+from benchmarks.candidates import Candidate
+from benchmarks.flops import flops_summary
+from benchmarks.report import diagnostics_paragraph, epoch_lines
+from benchmarks.spread import spread
+from benchmarks.stages import stage_times
+from benchmarks.summary import diagnostics_cost
 from pipeline.errors import UserError
 from pipeline.params import VariantSpec
 from pipeline.model import build_lenet
@@ -94,7 +98,7 @@ def _positive(x) -> bool:
 def test_quick_benchmark_writes_a_complete_report(tmp_path):
     out = tmp_path / "out"
     env = subprocess_env(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--quick", "--out-dir", str(out),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out-dir", str(out),
                            "--candidates", "spe=2", "arrays"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not (ROOT / "reports" / "benchmark.json").exists() or \
@@ -164,7 +168,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert "| bn_hidden | candidate arrays |" in md
 
     (out / "benchmark.md").unlink()
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--render", str(out / "benchmark.json")],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--render", str(out / "benchmark.json")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "benchmark.md").read_text() == md
@@ -199,12 +203,12 @@ def test_diagnostics_cost_is_paired_by_round():
     assert added["steady"]["values"] == pytest.approx([0.1, 0.1])
     assert added["with_final"]["values"] == pytest.approx([0.2, 0.2])
     r = {"targets": {"diagnostics_added": 0.05}, "throughput": {"v": {"modes": modes, "diagnostics_added": added}}}
-    line = diagnostics_lines(r)
+    line = diagnostics_paragraph(r)
     assert "v: **10.0% (10.0 to 10.0)** of fit time (misses the target)" in line
     assert "after fit (1.5 (1.0–2.0) s) 20.0% (20.0 to 20.0)" in line
 
 
 def test_render_of_a_missing_file_is_a_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--render", str(tmp_path / "nope.json")],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--render", str(tmp_path / "nope.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--render: cannot read" in proc.stderr and "nope.json" in proc.stderr

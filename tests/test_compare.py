@@ -3,8 +3,11 @@
 A temporary SQLite store gets tiny real trainings (300 train / 200 test images, 1 epoch,
 diagnostics every optimizer step) of three variants; records are written the way the DVC
 train stages write them. The report's numbers are checked against the runs read back
-independently through MLflow, and its refusals (stale, failed, missing, inconsistent
-runs) one by one. Trainings are shared through module-scoped fixtures.
+independently through MLflow (numbers through ``comparison.csv`` and ``significance.csv``,
+the Markdown only for its text), and its refusals (stale, failed, missing, inconsistent
+runs) one by one. The ``comparison`` run's description is checked against a real
+``mlflow server``: every figure it shows is fetched the way the MLflow UI fetches it.
+Trainings are shared through module-scoped fixtures.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import parse_qs, urljoin, urlparse
 
 import mlflow
 import numpy as np
@@ -26,6 +30,7 @@ from scipy import stats as sps
 from conftest import tiny_params
 from pipeline import stats
 from pipeline.compare import compare
+from pipeline.report import store_label
 from pipeline.errors import UserError
 from pipeline.train import train
 
@@ -121,6 +126,8 @@ class Report:
     dir: Path
     summary: object              # the comparison run
     significance: pd.DataFrame   # its significance table, as logged
+    significance_csv: pd.DataFrame  # reports/significance.csv
+    csv: pd.DataFrame            # reports/comparison.csv
     md: str
     metrics: dict
 
@@ -131,8 +138,10 @@ def _report(study: Study, params_path: Path, results: Path, reports: Path) -> Re
     new = study.comparison_runs() - before
     assert len(new) == 1, new
     summary = study.client.get_run(new.pop())
-    sig = study.client.load_table(study.experiment_id, "significance_table.json", run_ids=[summary.info.run_id])
-    return Report(table, reports, summary, sig, (reports / "comparison.md").read_text(),
+    significance = study.client.load_table(study.experiment_id, "significance_table.json",
+                                           run_ids=[summary.info.run_id])
+    return Report(table, reports, summary, significance, pd.read_csv(reports / "significance.csv", dtype={"mcnemar_p_per_seed": str}),
+                  pd.read_csv(reports / "comparison.csv"), (reports / "comparison.md").read_text(),
                   json.loads((reports / "metrics.json").read_text()))
 
 
@@ -151,10 +160,11 @@ def _results_section(md: str) -> str:
     return md.split("## Results")[1].split("## Which differences are real")[0]
 
 
-def _md_row(md: str, prefix: str) -> list[str]:
+def _md_line(md: str, prefix: str) -> str:
+    """The one line of ``md`` starting with ``prefix`` (a table row, found by its first cell)."""
     lines = [line for line in md.splitlines() if line.startswith(prefix)]
     assert len(lines) == 1, (prefix, lines)
-    return [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return lines[0]
 
 
 def _correct(study: Study, run_id: str) -> np.ndarray:
@@ -224,27 +234,62 @@ def test_csv_equals_the_returned_table(report):
 
 
 @slow
+def test_csv_notebook_columns_and_run_ids(study, report):
+    csv = report.csv.set_index("variant")
+    assert csv.loc["bn_hidden", "notebook_accuracy"] == 0.9875
+    assert math.isnan(csv.loc["plain", "notebook_accuracy"]) and math.isnan(csv.loc["plain", "notebook_loss"])
+    for v in VARIANTS:
+        assert csv.loc[v, "run_ids"] == study.records[v]["run_id"]
+        assert csv.loc[v, "changes"] == _row(report.table, v)["changes"]
+
+
+@slow
+def test_markdown_shows_the_csv(report):
+    """Each variant's row of the results table shows the CSV's numbers (whatever the column widths)."""
+    results = _results_section(report.md)
+    for r in report.csv.itertuples():
+        line = _md_line(results, f"| {r.variant} ")
+        shown = [cell.strip() for cell in line.strip("|").split("|")]
+        for value in (r.changes, f"{r.test_loss_mean:.4f}", f"{r.test_accuracy_mean:.4f}",
+                      f"{r.accuracy_ci_low:.4f}–{r.accuracy_ci_high:.4f} ({r.ci_method})",
+                      f"{r.train_seconds_mean:.0f}", f"{r.parameters:,}"):
+            assert value in shown, (value, line)
+        notebook = "–" if math.isnan(r.notebook_accuracy) else f"{r.notebook_accuracy:.4f}"
+        assert notebook in shown, line
+        assert f"{r.variant}: {r.run_ids}" in report.md
+
+
+@slow
 def test_markdown_has_every_variant_and_every_verdict(study, report):
     md = report.md
     assert md.startswith("# LeNet-5 on MNIST")
-    for r in report.table.itertuples():
-        cells = _md_row(_results_section(md), f"| {r.variant} | ")
-        assert cells[1] == r.changes
-        assert cells[4] == f"{r.test_loss_mean:.4f}" and cells[5] == f"{r.test_accuracy_mean:.4f}"
-        assert cells[6].startswith(f"{r.accuracy_ci_low:.4f}–{r.accuracy_ci_high:.4f}")
-        assert cells[8] == f"{r.train_seconds_mean:.0f}" and cells[9] == f"{r.parameters:,}"
-        assert f"{r.variant}: {r.run_ids}" in md
-    assert _md_row(_results_section(md), "| bn_hidden | ")[3] == "0.9875"
-    assert _md_row(_results_section(md), "| plain | ")[3] == "–"
+    assert sorted(line.split("|")[1].strip() for line in _results_section(md).splitlines()
+                  if line.startswith("| ") and not line.startswith("| variant ")) == sorted(VARIANTS)
     verdicts = [line[2:] for line in md.splitlines() if line.startswith("- ") and " vs " in line and " pp, p = " in line]
     assert [tuple(v.split(":")[0].split(" vs ")) for v in verdicts] == EXPECTED_PAIRS
     for v in verdicts:
         assert re.fullmatch(r"\w+ vs \w+: [+-]\d+\.\d\d pp, p = \S+ — (not distinguishable|\w+ is better)", v), v
-    assert verdicts == report.significance["verdict"].tolist()
+    assert verdicts == report.significance["verdict"].tolist() == report.significance_csv["verdict"].tolist()
     assert "bn_all" not in md.split("## Which differences are real")[1].split("## Figures")[0]
     assert "McNemar's exact test" in md
     for name in FIGURES:
         assert f"(figures/{name})" in md
+
+
+@slow
+def test_the_report_names_no_machine_path(study, report):
+    assert "(store `…/mlflow.db`)" in report.md  # the test store lies outside the project
+    assert str(study.root) not in report.md and "sqlite://" not in report.md
+    description = report.summary.data.tags["mlflow.note.content"]
+    assert str(study.root) not in description and "sqlite://" not in description
+
+
+def test_store_label_has_no_machine_path(tmp_path):
+    assert store_label(f"sqlite:///{tmp_path}/mlflow.db", root=tmp_path) == "mlflow.db"
+    assert store_label(f"sqlite:///{tmp_path}/stores/a.db", root=tmp_path) == "stores/a.db"
+    assert store_label(f"sqlite:///{tmp_path}/mlflow.db", root=tmp_path / "project") == "…/mlflow.db"
+    assert store_label("http://alice:s3cret@tracking.example:5000", root=tmp_path) == "http://***@tracking.example:5000"
+    assert store_label("http://127.0.0.1:5000", root=tmp_path) == "http://127.0.0.1:5000"
 
 
 @slow
@@ -332,10 +377,22 @@ def test_figures_are_non_empty_pngs(report):
 
 
 @slow
+def test_significance_csv_is_the_logged_table(report):
+    logged, csv = report.significance, report.significance_csv
+    assert list(csv.columns) == list(logged.columns)
+    for column in csv.columns:
+        if csv[column].dtype.kind in "fi":  # the logged table rounds p-values to 10 decimals
+            np.testing.assert_allclose(csv[column], logged[column], rtol=1e-6, atol=1e-9)
+        else:
+            # load_table reads the one-seed "2.46e-13" back as a number: compare as text
+            assert csv[column].astype(str).tolist() == logged[column].astype(str).tolist(), column
+
+
+@slow
 def test_mcnemar_counts_are_the_predictions(study, report):
-    sig = report.significance
-    assert list(zip(sig["a"], sig["b"])) == EXPECTED_PAIRS
-    for r in sig.itertuples():
+    significance = report.significance_csv
+    assert list(zip(significance["a"], significance["b"])) == EXPECTED_PAIRS
+    for r in significance.itertuples():
         a = _correct(study, study.records[r.a]["run_id"])
         b = _correct(study, study.records[r.b]["run_id"])
         only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
@@ -345,15 +402,14 @@ def test_mcnemar_counts_are_the_predictions(study, report):
         assert r.test == "McNemar (exact)" and math.isnan(r.seed_t_p)
         assert r.p == r.mcnemar_p
         assert r.diff_pp == pytest.approx(100 * (a.mean() - b.mean()), abs=1e-4)
-        cells = _md_row(report.md, f"| {r.a} vs {r.b} | ")
-        assert cells[1] == f"{r.diff_pp:+.2f}"
-        assert (int(cells[2]), int(cells[3])) == (only_a, only_b)
-        assert cells[5] == "–"
-    assert sig["p_holm"].tolist() == pytest.approx(stats.holm(sig["p"].tolist()), rel=1e-6, abs=1e-9)
-    for r in sig.itertuples():  # the logged p-values are rounded to 10 decimals: compare the call
+        assert r.mcnemar_p_per_seed == f"{p:.3g}"
+        shown = [cell.strip() for cell in _md_line(report.md, f"| {r.a} vs {r.b} ").strip("|").split("|")]
+        assert f"{r.diff_pp:+.2f}" in shown and f"{r.p_holm:.2g}" in shown, shown
+    assert significance["p_holm"].tolist() == pytest.approx(stats.holm(significance["p"].tolist()), rel=1e-9)
+    for r in significance.itertuples():
+        assert r.verdict == stats.verdict(r.a, r.b, r.diff_pp, r.p_holm, 0.05)
         assert r.verdict.startswith(f"{r.a} vs {r.b}: {r.diff_pp:+.2f} pp, p = ")
-        assert r.verdict.split(" — ")[1] == stats.verdict(r.a, r.b, r.diff_pp, r.p_holm, 0.05).split(" — ")[1]
-    assert any(v.endswith(" is better") for v in sig["verdict"])  # 200 images do separate some variants
+    assert any(v.endswith(" is better") for v in significance["verdict"])  # 200 images do separate some variants
 
 
 # --- which runs ------------------------------------------------------------------------------
@@ -472,9 +528,9 @@ def test_summary_run_holds_the_table(study, report):
     assert study.client.get_experiment(run.info.experiment_id).name == EXPERIMENT
     assert run.data.tags["pipeline.kind"] == "comparison"
     assert sorted(run.data.tags["pipeline.runs"].split()) == sorted(r["run_id"] for r in study.records.values())
-    assert run.data.tags["mlflow.note.content"] == report.md
     top = {a.path for a in study.client.list_artifacts(run.info.run_id)}
-    assert {"comparison_table.json", "significance_table.json", "comparison.md", "comparison.csv", "figures"} <= top
+    assert {"comparison_table.json", "significance_table.json", "comparison.md", "comparison.csv", "significance.csv",
+            "figures"} <= top
     logged_figures = {Path(a.path).name for a in study.client.list_artifacts(run.info.run_id, "figures")}
     assert logged_figures == FIGURES
     logged = study.client.load_table(study.experiment_id, "comparison_table.json", run_ids=[run.info.run_id])
@@ -483,6 +539,62 @@ def test_summary_run_holds_the_table(study, report):
     np.testing.assert_allclose(logged["test_accuracy_mean"], report.table["test_accuracy_mean"], rtol=1e-9)
     for r in report.table.itertuples():
         assert run.data.metrics[f"{r.variant}.test_accuracy_mean"] == pytest.approx(r.test_accuracy_mean)
+
+
+def _description_links(description: str) -> tuple[list[str], list[tuple[str, str]]]:
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", description)
+    runs = re.findall(r"\[(\w{32})\]\(#/experiments/(\w+)/runs/(\w{32})\)", description)
+    assert all(text == target for text, _, target in runs), runs
+    return images, [(experiment, run_id) for _, experiment, run_id in runs]
+
+
+@slow
+def test_summary_run_description_is_the_report_linked_for_the_ui(study, report):
+    """The description is comparison.md with figures served by the run's artifacts and run ids
+    linked to their run pages; nothing else differs."""
+    run = report.summary
+    description = run.data.tags["mlflow.note.content"]
+    images, runs = _description_links(description)
+    assert len(images) == len(FIGURES)
+    for url in images:
+        assert url.startswith("get-artifact?"), url
+        query = parse_qs(urlparse(url).query)
+        assert query["run_uuid"] == [run.info.run_id] and query["path"][0].startswith("figures/")
+    assert sorted(query_path for url in images for query_path in parse_qs(urlparse(url).query)["path"]) == \
+        sorted(f"figures/{name}" for name in FIGURES)
+    assert sorted(run_id for _, run_id in runs) == sorted(r["run_id"] for r in study.records.values())
+    assert {experiment for experiment, _ in runs} == {study.experiment_id}
+    as_file = re.sub(r"\]\(get-artifact\?path=figures%2F([\w.]+)&run_uuid=\w+\)", r"](figures/\1)", description)
+    as_file = re.sub(r"\[(\w{32})\]\(#/experiments/\w+/runs/\1\)", r"\1", as_file)
+    assert as_file == report.md
+
+
+@slow
+def test_description_figures_load_from_a_real_mlflow_server(study, tmp_path, monkeypatch):
+    """`mlflow server` on the study's store: compare through it, then fetch every image of the
+    comparison run's description relative to the UI page, as a browser showing it would."""
+    import requests
+    from reliability_helpers import mlflow_server
+
+    with mlflow_server(tmp_path / "server", study.uri) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        before = study.comparison_runs()
+        compare(study.params_path, study.results, tmp_path / "reports")
+        mlflow.set_tracking_uri(study.uri)
+        (summary_id,) = study.comparison_runs() - before
+        description = study.client.get_run(summary_id).data.tags["mlflow.note.content"]
+        assert f"(store `{url}`)" in description
+        images, runs = _description_links(description)
+        ui_page = url + "/"
+        assert requests.get(ui_page, timeout=30).status_code == 200
+        assert len(images) == len(FIGURES)
+        for image in images:
+            resp = requests.get(urljoin(ui_page, image), timeout=30)
+            assert resp.status_code == 200, (image, resp.status_code, resp.text[:200])
+            assert resp.content[:8] == PNG and len(resp.content) > 5000, image
+        for experiment, run_id in runs:  # what the UI's run page asks the server for
+            resp = requests.get(f"{url}/ajax-api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=30)
+            assert resp.status_code == 200 and resp.json()["run"]["info"]["experiment_id"] == experiment
 
 
 @slow
@@ -542,10 +654,14 @@ def test_three_seeds_table_has_mean_and_std(study, seeds_report):
         ci = sps.t.interval(0.95, 2, loc=np.mean(acc), scale=sps.sem(acc))
         assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx(ci, rel=1e-9)
         assert row["ci_method"] == "t across 3 seeds"
-        cells = _md_row(_results_section(report.md), f"| {v} | ")
-        assert cells[4] == f"{row['test_loss_mean']:.4f} ± {row['test_loss_std']:.4f}"
-        assert cells[5] == f"{row['test_accuracy_mean']:.4f} ± {row['test_accuracy_std']:.4f}"
-        assert cells[7] == "3"
+        csv = report.csv.set_index("variant").loc[v]
+        assert (csv["n_seeds"], csv["run_ids"]) == (3, row["run_ids"])
+        np.testing.assert_allclose(csv[["test_loss_mean", "test_loss_std", "test_accuracy_mean", "test_accuracy_std"]]
+                                   .to_numpy(dtype=float), [np.mean(loss), np.std(loss, ddof=1), np.mean(acc),
+                                                            np.std(acc, ddof=1)], rtol=1e-9)
+        line = _md_line(_results_section(report.md), f"| {v} ")
+        assert f"{row['test_loss_mean']:.4f} ± {row['test_loss_std']:.4f}" in line
+        assert f"{row['test_accuracy_mean']:.4f} ± {row['test_accuracy_std']:.4f}" in line
         assert report.metrics[v]["n_seeds"] == 3
     assert "Seeds: 0, 1, 2." in report.md
 
@@ -553,9 +669,9 @@ def test_three_seeds_table_has_mean_and_std(study, seeds_report):
 @slow
 def test_three_seeds_verdict_uses_the_paired_t_test(study, seeds_report):
     report, records = seeds_report
-    sig = report.significance
-    assert list(zip(sig["a"], sig["b"])) == [("bn_hidden", "plain")]
-    r = sig.iloc[0]
+    significance = report.significance_csv
+    assert list(zip(significance["a"], significance["b"])) == [("bn_hidden", "plain")]
+    r = significance.iloc[0]
     acc_bn = [records[("bn_hidden", s)]["test_accuracy"] for s in SEEDS]
     acc_plain = [records[("plain", s)]["test_accuracy"] for s in SEEDS]
     expected = sps.ttest_rel(acc_bn, acc_plain).pvalue
@@ -564,9 +680,10 @@ def test_three_seeds_verdict_uses_the_paired_t_test(study, seeds_report):
     assert r["p"] == r["seed_t_p"] and r["p_holm"] == pytest.approx(r["p"])  # one comparison: nothing to adjust
     assert r["test"] == "paired t across seeds"
     assert r["diff_pp"] == pytest.approx(100 * (np.mean(acc_bn) - np.mean(acc_plain)), abs=1e-4)
-    cells = _md_row(report.md, "| bn_hidden vs plain | ")
     p_mcnemar = [stats.mcnemar(_correct(study, records[("bn_hidden", s)]["run_id"]),
                                _correct(study, records[("plain", s)]["run_id"])).p_value for s in SEEDS]
-    assert cells[4] == " ".join(f"{p:.3g}" for p in p_mcnemar)
-    assert cells[5] == f"{expected:.2g}"
+    assert r["mcnemar_p_per_seed"] == " ".join(f"{p:.3g}" for p in p_mcnemar)
+    assert r["mcnemar_p"] == pytest.approx(max(p_mcnemar), rel=1e-12)
+    shown = [cell.strip() for cell in _md_line(report.md, "| bn_hidden vs plain ").strip("|").split("|")]
+    assert r["mcnemar_p_per_seed"] in shown and f"{expected:.2g}" in shown, shown
     assert "paired t-test of test accuracy across seeds" in report.md

@@ -12,6 +12,7 @@ from keras import layers
 from pipeline import diagnostics as dg
 from pipeline.params import VariantSpec
 from pipeline.model import build_lenet
+from pipeline.paths import ROOT
 
 BN_DROPOUT = VariantSpec(name="bn_dropout", bn_input=True, bn_hidden=True, dropout_input=0.2, dropout_hidden=0.5)
 
@@ -249,12 +250,14 @@ def test_monitor_for_coadaptation_only():
 def test_report_section_shows_only_what_was_measured(tmp_path):
     from types import SimpleNamespace
 
-    from pipeline import diagnostics_report
+    from pipeline import diagnostics_report, report
 
     rng = np.random.default_rng(7)
     base = rng.normal(size=(64, 84))
     acts = {"plain": base + rng.normal(size=(64, 1)),  # a shared component: correlated units
             "dropout": base}
+    specs = {"plain": VariantSpec(name="plain", conv_bias=True),
+             "dropout": VariantSpec(name="dropout", dropout_input=0.2, dropout_hidden=0.5)}
     runs = {}
     for v, a in acts.items():
         c = dg.mean_abs_correlation(a)
@@ -262,9 +265,53 @@ def test_report_section_shows_only_what_was_measured(tmp_path):
             "summary": {"probe_size": 64, "every_n_batches": 100, "coadaptation_fc1": c,
                         "coadaptation_history": [[0, 0.1], [10, c]]},
             "fc1_activations": a.astype(np.float32)})
-    md, names, metrics = diagnostics_report.section(runs, tmp_path)
+    section = diagnostics_report.build(runs, specs, tmp_path)
+    md = report.render_diagnostics(section)
     assert "### Co-adaptation" in md and "### Internal covariate shift" not in md and "### Variance shift" not in md
-    assert names == ["coadaptation.png"] and (tmp_path / "coadaptation.png").exists()
-    assert sorted(metrics["diagnostics"]["coadaptation_fc1"]) == ["dropout", "plain"]
+    assert section.figures == ["coadaptation.png"] and (tmp_path / "coadaptation.png").exists()
+    assert "![co-adaptation](figures/coadaptation.png)" in md
+    assert sorted(section.metrics["diagnostics"]["coadaptation_fc1"]) == ["dropout", "plain"]
     claim = next(line for line in md.splitlines() if line.startswith("- dropout ("))
     assert claim.endswith(": lower with dropout."), claim
+    ui = report.render_diagnostics(section, report.Links.mlflow_ui("r" * 32, "7"))
+    assert f"![co-adaptation](get-artifact?path=figures%2Fcoadaptation.png&run_uuid={'r' * 32})" in ui
+
+
+def test_dropout_counterparts_come_from_the_specs():
+    """Which variants the diagnostics compare follows params.yaml's specs, whatever they are called."""
+    from pipeline.diagnostics_report import dropout_counterparts
+    from pipeline.params import Params
+
+    committed = Params.load(ROOT / "params.yaml").variants
+    assert dropout_counterparts(committed) == [("dropout", "plain"), ("bn_dropout", "bn_hidden"),
+                                               ("bn_dropout", "bn_all")]
+    renamed = {"a": VariantSpec(name="a", bn_hidden=True, dropout_hidden=0.3),
+               "b": VariantSpec(name="b", bn_hidden=True), "c": VariantSpec(name="c", bn_input=True),
+               "d": VariantSpec(name="d", dropout_input=0.1), "e": VariantSpec(name="e")}
+    assert dropout_counterparts(renamed) == [("a", "b"), ("d", "e")]
+
+
+def test_variance_shift_claim_compares_each_counterpart_layer_by_layer(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline import diagnostics_report, report
+
+    specs = {"drop_bn": VariantSpec(name="drop_bn", bn_input=True, bn_hidden=True, dropout_input=0.2,
+                                    dropout_hidden=0.5),
+             "hidden": VariantSpec(name="hidden", bn_hidden=True),
+             "both": VariantSpec(name="both", bn_input=True, bn_hidden=True)}
+    shifts = {"drop_bn": {"input_bn": 1.4, "conv1_bn": 2.5, "fc1_bn": 1.0},
+              "hidden": {"conv1_bn": 1.1, "fc1_bn": 1.2},
+              "both": {"input_bn": 1.1, "conv1_bn": 1.1, "fc1_bn": 1.05}}
+    runs = {(v, 0): SimpleNamespace(seed=0, diagnostics={"summary": {"variance_shift": s}}) for v, s in shifts.items()}
+    section = diagnostics_report.build(runs, specs, tmp_path)
+    assert list(section.variance_shift.index) == ["input_bn", "conv1_bn", "fc1_bn"]
+    assert np.isnan(section.variance_shift.loc["input_bn", "hidden"])
+    assert section.metrics["diagnostics"]["variance_shift_mean"]["hidden"] == pytest.approx(1.15)
+    md = report.render_diagnostics(section)
+    assert ("Li et al. explain `drop_bn`'s deficit by this shift. Compared with `hidden`, our numbers do not support "
+            "it: the shift is larger with dropout in only 1 of 2 layers (conv1_bn: 2.500 vs 1.100, fc1_bn: 1.000 vs "
+            "1.200). Compared with `both`, our numbers partly support it: the shift is larger with dropout in 2 of 3 "
+            "layers (input_bn: 1.400 vs 1.100, conv1_bn: 2.500 vs 1.100, fc1_bn: 1.000 vs 1.050). That the shift "
+            "is present does not by itself show it causes the lower accuracy.") in md
+    assert section.figures == ["variance_shift.png"] and (tmp_path / "variance_shift.png").exists()

@@ -1,0 +1,157 @@
+"""The training runs a report is about, read back from MLflow.
+
+In: the training stages' records ``results/<variant>-s<seed>/record.json`` (each names its
+MLflow run and experiment) and the tracking URI of the store the runs were logged in.
+Out: ``read_records(...)`` returns the records by (variant, seed); ``fetch_runs(records, uri)``
+returns a ``RunData`` per record: the run's final metrics, parameter count, per-image
+correctness (``predictions.csv``), per-epoch test curves, batch-norm weights and
+diagnostics. Missing records, stores, runs or metrics, unfinished runs and records that
+disagree with their run are refused with a ``UserError`` naming the stage to rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import paths, tracking
+from pipeline.errors import UserError
+
+FINAL_METRICS = ("test_loss", "test_accuracy", "train_seconds")
+CURVE_METRICS = ("test_accuracy", "test_loss")
+
+RunKey = tuple[str, int]  # (variant, seed)
+
+
+@dataclass
+class RunData:
+    variant: str
+    seed: int
+    run_id: str
+    test_loss: float
+    test_accuracy: float
+    train_seconds: float
+    parameters: int
+    correct: np.ndarray
+    curves: pd.DataFrame                      # epoch, test_accuracy, test_loss
+    n_train: int = 0
+    bn: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)
+
+
+def read_records(variants: list[str], seeds: list[int], results: Path = paths.RESULTS) -> dict[RunKey, dict]:
+    records = {}
+    for variant in variants:
+        for seed in seeds:
+            path = results / f"{variant}-s{seed}" / "record.json"
+            if not path.exists():
+                raise UserError(f"no training record {path.relative_to(results.parent)}; "
+                                f"run `dvc repro train@{variant}-{seed}` (or `dvc repro` for the whole study)")
+            records[(variant, seed)] = json.loads(path.read_text())
+    return records
+
+
+def check_store(uri: str) -> None:
+    tracking.check_server(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `dvc repro` to train the variants first "
+                        "(or set MLFLOW_TRACKING_URI to the store they were logged in)")
+
+
+def _find_runs(client, records: dict[RunKey, dict]) -> dict:
+    """The recorded runs, by run id, in one query (those the store lacks are simply absent)."""
+    run_ids = [record["run_id"] for record in records.values()]
+    experiment_ids = sorted({str(record["experiment_id"]) for record in records.values()})
+    quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
+    found = client.search_runs(experiment_ids, filter_string=f"attributes.run_id IN ({quoted})",
+                               max_results=max(len(run_ids), 1))
+    return {run.info.run_id: run for run in found}
+
+
+def _check_run(run, run_id: str, key: RunKey, uri: str) -> None:
+    variant, seed = key
+    stage = f"train@{variant}-{seed}"
+    if run is None:
+        raise UserError(f"run {run_id} ({variant}-s{seed}) is not in the MLflow store {tracking.redact(uri)}; "
+                        f"was it trained against another store? Re-run `dvc repro -f {stage}`")
+    if run.info.status != "FINISHED":
+        raise UserError(f"run {run_id} ({variant}-s{seed}) is {run.info.status}, not FINISHED; "
+                        f"re-run `dvc repro -f {stage}`")
+    missing = set(FINAL_METRICS) - set(run.data.metrics)
+    if missing:
+        raise UserError(f"run {run_id} ({variant}-s{seed}) lacks metrics {sorted(missing)}")
+
+
+def _download(run_id: str, artifact_path: str, dst: Path, uri: str) -> Path:
+    from mlflow.artifacts import download_artifacts
+
+    return Path(download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=uri))
+
+
+def _curves(client, run_id: str) -> pd.DataFrame:
+    return pd.DataFrame({
+        metric: pd.Series({point.step: point.value for point in client.get_metric_history(run_id, metric)})
+        for metric in CURVE_METRICS
+    }).rename_axis("epoch").reset_index()
+
+
+def _bn_weights(bn_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    weights = {}
+    for npz in sorted(bn_dir.glob("*.npz")):
+        with np.load(npz) as arrays:
+            weights[npz.stem] = {name: arrays[name] for name in arrays.files}
+    return weights
+
+
+def _diagnostics(diag_dir: Path) -> dict:
+    diagnostics = {"summary": json.loads((diag_dir / "summary.json").read_text())}
+    if (diag_dir / "history.csv").exists():  # absent when covariate_shift was switched off
+        diagnostics["history"] = pd.read_csv(diag_dir / "history.csv")
+    if (diag_dir / "fc1_activations.npy").exists():
+        diagnostics["fc1_activations"] = np.load(diag_dir / "fc1_activations.npy")
+    return diagnostics
+
+
+def _read_run(client, run, key: RunKey, dst: Path, uri: str) -> RunData:
+    run_id = run.info.run_id
+    predictions = pd.read_csv(_download(run_id, "predictions.csv", dst, uri))
+    artifacts = {artifact.path for artifact in client.list_artifacts(run_id)}
+    bn = _bn_weights(_download(run_id, "bn_weights", dst, uri)) if "bn_weights" in artifacts else {}
+    diagnostics = _diagnostics(_download(run_id, "diagnostics", dst, uri)) if "diagnostics" in artifacts else {}
+    metrics, run_params = run.data.metrics, run.data.params
+    return RunData(
+        variant=key[0], seed=key[1], run_id=run_id, test_loss=float(metrics["test_loss"]),
+        test_accuracy=float(metrics["test_accuracy"]), train_seconds=float(metrics["train_seconds"]),
+        parameters=int(float(run_params.get("model.params_total", "nan"))),
+        n_train=int(float(run_params.get("data.n_train", "0"))),
+        correct=predictions["correct"].to_numpy().astype(bool), curves=_curves(client, run_id), bn=bn,
+        diagnostics=diagnostics)
+
+
+def fetch_runs(records: dict[RunKey, dict], uri: str) -> dict[RunKey, RunData]:
+    """Read every recorded run back from MLflow; refuse unknown or unfinished runs."""
+    import mlflow
+
+    check_store(uri)
+    client = mlflow.MlflowClient(uri)
+    found = _find_runs(client, records)
+    for key, record in records.items():
+        _check_run(found.get(record["run_id"]), record["run_id"], key, uri)
+    with tempfile.TemporaryDirectory(prefix="lenet-compare-") as tmp:
+        return {key: _read_run(client, found[record["run_id"]], key, Path(tmp) / record["run_id"], uri)
+                for key, record in records.items()}
+
+
+def check_records_match(records: dict[RunKey, dict], runs: dict[RunKey, RunData]) -> None:
+    """A record whose test accuracy is not its run's was written by another training."""
+    for (variant, seed), record in records.items():
+        run = runs[(variant, seed)]
+        if not math.isclose(record["test_accuracy"], run.test_accuracy, rel_tol=1e-9):
+            raise UserError(f"{variant}-s{seed}: record says test_accuracy {record['test_accuracy']}, MLflow run "
+                            f"{run.run_id} says {run.test_accuracy}; re-run `dvc repro -f train@{variant}-{seed}`")
