@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import UserError
 
-HELP = "use baseline or parts like spe=16, threads=2x1, xla, nodet, arrays, onednn=0 joined with '+'"
+HELP = "use baseline or parts like spe=16, threads=2x1, xla, nodet, arrays, onednn=0, jax joined with '+'"
 
 
 @dataclass
@@ -26,12 +26,14 @@ class Candidate:
     determinism: bool = True
     arrays: bool = False
     onednn: bool | None = None
+    backend: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "Candidate":
         """``baseline``, or ``+``-joined parts: ``spe=N``, ``threads=INTRAxINTER``, ``xla``
         (implies ``nodet``), ``nodet`` (op determinism off), ``arrays`` (NumPy arrays into ``fit``,
-        Keras' autotuned input pipeline, instead of ``train.batches``), ``onednn=0|1``."""
+        Keras' autotuned input pipeline, instead of ``train.batches``), ``onednn=0|1``, ``jax``
+        (Keras on JAX instead of ``train.backend``: different random streams, so different weights)."""
         candidate = cls(name=text)
         if text == "baseline":
             return candidate
@@ -59,12 +61,16 @@ class Candidate:
             self.arrays = True
         elif key == "onednn" and value in ("0", "1"):
             self.onednn = value == "1"
+        elif key == "jax" and not value:
+            self.backend = "jax"
         else:
             raise ValueError(part)
 
 
 def configure_threads(candidate: Candidate) -> None:
     """TensorFlow's thread pools as the candidate asks (before TensorFlow runs anything)."""
+    if not (candidate.intra_threads or candidate.inter_threads):
+        return
     import tensorflow as tf
 
     if candidate.intra_threads:

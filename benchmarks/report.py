@@ -151,6 +151,19 @@ def candidate_rows(r: dict) -> list[list[str]]:
     return rows
 
 
+def fastest_lines(r: dict) -> list[str]:
+    """Per variant, the candidate (``baseline`` included) with the highest median steady images/s."""
+    lines = []
+    variants = {v for by_variant in r["candidates"].values() for v in by_variant}
+    for variant in sorted(variants):
+        speeds = {name: by_v[variant]["steady_images_per_second"]["median"]
+                  for name, by_v in r["candidates"].items() if variant in by_v}
+        best = max(speeds, key=lambda name: speeds[name])
+        ranking = ", ".join(f"{name} {speeds[name]:,.0f}" for name in sorted(speeds, key=speeds.get, reverse=True))
+        lines.append(f"- {variant}: fastest here is `{best}` (steady images/s: {ranking})")
+    return lines
+
+
 def discarded_runs(r: dict) -> int:
     """Disturbed runs that were re-run (``--retries``), over all modes and candidates."""
     return (sum(ms["discarded_runs"] for t in r["throughput"].values() for ms in t["modes"].values())
@@ -177,6 +190,7 @@ def render_markdown(r: dict) -> str:
         throughput_rows=throughput_rows(r), diagnostics_paragraph=diagnostics_paragraph(r),
         determinism=determinism(r), stage_rows=stage_rows(r["stages"]), hardware_rows=hardware_rows(r),
         epoch_lines=epoch_lines(r), candidate_rows=candidate_rows(r),
+        fastest_lines=fastest_lines(r) if r["candidates"] else [],
         GIB=GIB, MIB=MIB, GIGA=1e9, QUIET_CORES=QUIET_CORES, SLOW_EPOCH=SLOW_EPOCH,
         TRAIN_FLOPS_FACTOR=TRAIN_FLOPS_FACTOR)
 

@@ -99,11 +99,14 @@ def train_bare(spec: dict, params, timer: EpochTimer) -> tuple[Any, dict]:
 
 def worker_train(spec: dict) -> dict:
     """One training measurement: ``spec['mode']`` is ``bare`` or ``pipeline``."""
-    candidate = Candidate(**spec.get("candidate", {}))
-    configure_threads(candidate)
+    from pipeline import backend
     from pipeline.params import Params
 
-    params = Params.load(Path(spec["params"]))
+    candidate = Candidate(**spec.get("candidate", {}))
+    params = Params.load(Path(spec["params"])).with_train({"backend": candidate.backend})
+    backend.activate(params.train.backend, candidate.determinism)  # before Keras is imported
+    if params.train.backend == "tensorflow":
+        configure_threads(candidate)
     timer = EpochTimer()
     if spec["mode"] == "pipeline":
         model, out = train_pipeline(spec, candidate, params, timer)

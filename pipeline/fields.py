@@ -87,6 +87,12 @@ def _pins(value: Any) -> dict[str, str]:
     return {str(k): v for k, v in value.items()}
 
 
+def _backend(value: Any) -> str:
+    if value not in ("tensorflow", "jax"):
+        raise ValueError("must be tensorflow or jax")
+    return value
+
+
 def _seeds(value: Any) -> list[int]:
     if not isinstance(value, list) or not value:
         raise ValueError("must be a non-empty list of integers")
@@ -105,5 +111,6 @@ Probability = Annotated[float, _rule(_probability)]
 Limit = Annotated[int | None, _rule(_optional_limit)]
 Name = Annotated[str, _rule(_name)]
 Seeds = Annotated[list[int], _rule(_seeds)]
+Backend = Annotated[str, _rule(_backend)]
 Sources = Annotated[list[str], _rule(_sources)]
 Pins = Annotated[dict[str, str], _rule(_pins)]

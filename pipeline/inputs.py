@@ -3,7 +3,9 @@
 In: ``data/prepared/{x,y}_{train,test}.npy`` (made by the download and normalize stages,
 or on demand for ``mlflow run``) and the ``train`` settings (limits, batch size, shuffle).
 Out: ``load_data`` returns the (possibly limited) arrays; ``batches`` and ``fit_inputs``
-feed them to Keras with a seeded order, each image once per epoch.
+feed them to Keras with a seeded order, each image once per epoch: a ``tf.data`` pipeline
+on TensorFlow, ``pipeline.seeded_batches.SeededBatches`` on any other backend, so
+JAX trains without TensorFlow installed.
 """
 
 from __future__ import annotations
@@ -47,7 +49,18 @@ def load_data(settings: TrainSettings, prepared: Path = paths.PREPARED) -> dict[
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False, seed: int = 0):
-    """``(x, y)`` as a ``tf.data`` pipeline of batches: the input side of ``fit`` and ``evaluate``.
+    """``(x, y)`` in batches for ``fit`` and ``evaluate`` on the backend Keras runs on."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        return tf_batches(x, y, batch_size, shuffle=shuffle, seed=seed)
+    from pipeline.seeded_batches import SeededBatches
+
+    return SeededBatches(x, y, batch_size, shuffle=shuffle, seed=seed)
+
+
+def tf_batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+    """``(x, y)`` as a ``tf.data`` pipeline of batches: the input side on TensorFlow.
 
     It does what Keras does with NumPy arrays (a new permutation of the indices every
     epoch, one gather per batch, one batch prefetched), with one difference: tf.data's

@@ -20,7 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from pipeline import paths
 from pipeline.errors import UserError
-from pipeline.fields import Bool, Limit, Name, Pins, PositiveFloat, PositiveInt, Probability, Rate, Seeds, Sources
+from pipeline.fields import Backend, Bool, Limit, Name, Pins, PositiveFloat, PositiveInt, Probability, Rate, Seeds, Sources
 
 class Section(BaseModel):
     """A mapping in params.yaml: frozen, unknown keys refused with the allowed ones listed."""
@@ -67,6 +67,7 @@ class TrainSettings(Section):
     train_limit: Limit = None
     test_limit: Limit = None
     steps_per_execution: PositiveInt = 1
+    backend: Backend = "tensorflow"
 
     def flat(self) -> dict[str, Any]:
         return {f"train.{k}": v for k, v in self.model_dump().items()}

@@ -3,8 +3,9 @@
 In: ``data/prepared`` (made first if missing), ``params.yaml`` (the whole file is validated;
 this stage reads ``variants.<name>``, ``train``, ``mlflow`` and ``diagnostics``) and
 command-line overrides (``--epochs`` …) for ``mlflow run``. The seed fixes Python, NumPy,
-TF initialisers, shuffling and dropout masks, with TF op determinism on, so a
-(variant, seed) pair gives the same numbers twice.
+initialisers, shuffling and dropout masks, with the backend's deterministic mode on
+(``train.backend``: TensorFlow or JAX, see ``pipeline.backend``), so a (variant, seed)
+pair gives the same numbers twice on one machine.
 
 Out: an MLflow run ``<variant>-s<seed>`` in the study's experiment holding the resolved
 settings as params, per-epoch and final metrics, BN weights, predictions, confusion
@@ -26,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline import paths, tracking
+from pipeline import backend, paths, tracking
 from pipeline.artifacts import write_artifacts, write_record
 from pipeline.cli import run_main
 from pipeline.errors import UserError
@@ -43,7 +44,7 @@ class TrainOptions:
     ``callbacks`` are added to ``fit`` after the stage's own; ``compile`` holds extra
     ``model.compile`` keyword arguments (e.g. ``jit_compile``); ``op_determinism`` off
     trades reproducibility for speed; ``inputs`` is ``batches`` (the stage's seeded
-    ``tf.data`` input) or ``arrays`` (NumPy arrays straight into ``fit``).
+    input, ``pipeline.inputs.batches``) or ``arrays`` (NumPy arrays straight into ``fit``).
     """
 
     callbacks: Sequence[Any] = ()
@@ -100,23 +101,13 @@ def resolve(variant: str, seed: int, params: Params, prepared: Path | None) -> T
     return TrainSetup(params, spec, seed, experiment_id, prepared, data_summary)
 
 
-def seed_everything(seed: int, op_determinism: bool = True) -> None:
-    import keras
-
-    keras.utils.set_random_seed(seed)  # Python, NumPy and the backend's global seed
-    if op_determinism:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-
-
 def build(setup: TrainSetup, options: TrainOptions):
     """The seeded, compiled model: plain SGD and categorical cross-entropy, as in the notebook."""
     import keras
 
     from pipeline.model import build_lenet
 
-    seed_everything(setup.seed, options.op_determinism)
+    backend.seed(setup.seed, options.op_determinism)
     settings = setup.params.train
     model = build_lenet(setup.spec)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=settings.learning_rate, momentum=settings.momentum),
@@ -195,15 +186,11 @@ def log_outputs(setup: TrainSetup, model, data: dict, history: list[dict], diagn
 
 
 def log_model(model, x_example: np.ndarray, probs: np.ndarray) -> None:
-    import keras
     import mlflow
     from mlflow.models import infer_signature
 
-    mlflow.keras.log_model(
-        model, name="model", signature=infer_signature(x_example, probs),
-        pip_requirements=[f"tensorflow-cpu=={_version('tensorflow-cpu')}", f"keras=={keras.__version__}",
-                          f"mlflow=={mlflow.__version__}"],
-    )
+    mlflow.keras.log_model(model, name="model", signature=infer_signature(x_example, probs),
+                           pip_requirements=backend.requirements())
 
 
 # --- The stage --------------------------------------------------------------------------------
@@ -217,7 +204,9 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
 
     from pipeline.training_diagnostics import RunDiagnostics
 
-    setup = resolve(variant, seed, (params or Params.load(params_path)).with_train(overrides), prepared)
+    params = (params or Params.load(params_path)).with_train(overrides)
+    backend.activate(params.train.backend, options.op_determinism)  # before anything imports Keras
+    setup = resolve(variant, seed, params, prepared)
     data = load_data(setup.params.train, setup.prepared)
     model = build(setup, options)
     diag = RunDiagnostics(setup.params.diagnostics, model, data["x_test"]) if setup.params.diagnostics.any else None
@@ -268,15 +257,6 @@ def _git_commit() -> str:
                               timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 # --- Command line -----------------------------------------------------------------------------

@@ -86,6 +86,7 @@ def test_candidate_parsing():
     assert (c.steps_per_execution, c.intra_threads, c.inter_threads, c.xla, c.determinism) == (16, 2, 1, True, False)
     assert Candidate.parse("baseline") == Candidate()
     assert Candidate.parse("onednn=0").onednn is False and Candidate.parse("arrays").arrays
+    assert Candidate.parse("jax").backend == "jax" and Candidate.parse("baseline").backend is None
     with pytest.raises(UserError, match="cannot read 'fast'"):
         Candidate.parse("spe=4+fast")
 
