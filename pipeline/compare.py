@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import figures, paths, stats, tracking
+from pipeline import metric_names as M
 from pipeline.cli import run_main
 from pipeline.errors import UserError
 from pipeline.params import CompareSettings, Params, VariantSpec
@@ -92,14 +93,14 @@ def fetch_runs(records: dict[tuple[str, int], dict], uri: str) -> dict[tuple[str
                 raise UserError(f"run {run_id} ({variant}-s{seed}) is {run.info.status}, not FINISHED; "
                                 f"re-run `dvc repro -f {where}`")
             m = run.data.metrics
-            missing = {"test_loss", "test_accuracy", "train_seconds"} - set(m)
+            missing = {M.TEST_LOSS, M.TEST_ACCURACY, M.TRAIN_SECONDS} - set(m)
             if missing:
                 raise UserError(f"run {run_id} ({variant}-s{seed}) lacks metrics {sorted(missing)}")
             dst = Path(tmp) / run_id
             preds = pd.read_csv(download_artifacts(run_id=run_id, artifact_path="predictions.csv",
                                                    dst_path=str(dst), tracking_uri=uri))
             curves = pd.DataFrame({
-                key: pd.Series({h.step: h.value for h in client.get_metric_history(run_id, key)})
+                key: pd.Series({h.step: h.value for h in client.get_metric_history(run_id, M.EPOCH[key])})
                 for key in ("test_accuracy", "test_loss")
             }).rename_axis("epoch").reset_index()
             bn = {}
@@ -120,8 +121,8 @@ def fetch_runs(records: dict[tuple[str, int], dict], uri: str) -> dict[tuple[str
                 if (diag / "fc1_activations.npy").exists():
                     diagnostics["fc1_activations"] = np.load(diag / "fc1_activations.npy")
             out[(variant, seed)] = RunData(
-                variant=variant, seed=seed, run_id=run_id, test_loss=float(m["test_loss"]),
-                test_accuracy=float(m["test_accuracy"]), train_seconds=float(m["train_seconds"]),
+                variant=variant, seed=seed, run_id=run_id, test_loss=float(m[M.TEST_LOSS]),
+                test_accuracy=float(m[M.TEST_ACCURACY]), train_seconds=float(m[M.TRAIN_SECONDS]),
                 parameters=int(float(run.data.params.get("model.params_total", "nan"))),
                 n_train=int(float(run.data.params.get("data.n_train", "0"))),
                 correct=preds["correct"].to_numpy().astype(bool), curves=curves, bn=bn, diagnostics=diagnostics)
