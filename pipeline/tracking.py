@@ -7,8 +7,12 @@ Credentials come only from MLflow's own variables (``MLFLOW_TRACKING_USERNAME``,
 ``MLFLOW_TRACKING_PASSWORD``, ``MLFLOW_TRACKING_TOKEN``) and are never logged.
 Out: ``prepare_experiment(name)`` returns the experiment id after checking that the
 store answers, creating store and experiment under a file lock, so parallel stages
-never migrate a fresh SQLite store at the same time; ``mlflow_run(...)`` is the context
-of one run that ends FINISHED, KILLED or FAILED, never RUNNING.
+never migrate a fresh SQLite store at the same time, and marking the experiment for the UI
+(``experiment_tags``: model development, a description, the study's runs-table view);
+``ui_url(base, experiment_id)`` is the page ``make ui`` opens on; ``mlflow_run(...)`` is the
+context of one run that ends FINISHED, KILLED or FAILED, never RUNNING;
+``release_launcher_run`` removes the empty run ``mlflow run`` opens in another experiment;
+``register_model`` makes a logged model a version of the study's registered model.
 """
 
 from __future__ import annotations
@@ -20,12 +24,56 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline import paths
+from pipeline import metric_names, paths
 from pipeline.errors import UserError
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
 CONNECT_TIMEOUT_S = 5.0
+
+# The UI (MLflow 3) opens an experiment in its model-training mode with this kind, and offers
+# the runs-table view stored in the tag SHARED_VIEW_PREFIX + key as ?viewStateShareKey=key.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+DESCRIPTION_TAG = "mlflow.note.content"
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+STUDY_VIEW = "study"
+
+
+def study_view() -> dict:
+    """The runs table a user of the study wants first: variant, seed, the final test accuracy and
+    loss, the logged model; best test accuracy on top."""
+    def metric(name: str) -> str:
+        return f"metrics.`{name}`"
+
+    return {
+        "searchFilter": "", "orderByKey": metric(metric_names.TEST_ACCURACY), "orderByAsc": False,
+        "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+        "selectedColumns": ["tags.`variant`", "tags.`seed`", metric(metric_names.TEST_ACCURACY),
+                            metric(metric_names.TEST_LOSS)],
+    }
+
+
+DESCRIPTION = f"""LeNet-5 on MNIST: batch norm and dropout variants, one run per (variant, seed).
+
+- Runs table: open the **study** view (`make ui` prints its address, `?viewStateShareKey={STUDY_VIEW}`) for
+  variant, seed, final test accuracy and loss, best first. The `comparison` run holds the report.
+- A run's *Model metrics*: `by_epoch` first (x axis "Step" = epoch; the latest point is the final value),
+  then `diagnostics/*` (Step = optimizer step) and `timing`.
+- Models: `lenet5-<variant>-s<seed>`, each with its final metrics and datasets; also versions of the
+  registered model named like this experiment, alias `<variant>-s<seed>`.
+"""
+
+
+def experiment_tags() -> dict[str, str]:
+    import json
+
+    return {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], SHARED_VIEW_PREFIX + STUDY_VIEW: json.dumps(study_view())}
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The study's runs table in the model-training mode of ``mlflow ui`` at ``base``."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={STUDY_VIEW}")
 
 
 def tracking_uri() -> str:
@@ -112,7 +160,15 @@ def prepare_experiment(name: str, uri: str | None = None) -> str:
         try:
             exp = client.get_experiment_by_name(name)
             if exp is None:
-                return client.create_experiment(name, artifact_location=default_artifact_location(uri))
+                return client.create_experiment(name, artifact_location=default_artifact_location(uri),
+                                                tags={**experiment_tags(), DESCRIPTION_TAG: DESCRIPTION})
+            if exp.lifecycle_stage != "deleted":
+                # An experiment made before these tags, or by an older version of them, gets them now;
+                # a description someone wrote stays.
+                wanted = {**experiment_tags(), **({} if DESCRIPTION_TAG in exp.tags else {DESCRIPTION_TAG: DESCRIPTION})}
+                for key, value in wanted.items():
+                    if exp.tags.get(key) != value:
+                        client.set_experiment_tag(exp.experiment_id, key, value)
         except MlflowException as exc:
             raise UserError(f"MLflow store {redact(uri)} failed: {str(exc).splitlines()[0]}") from None
     if exp.lifecycle_stage == "deleted":
@@ -123,33 +179,61 @@ def prepare_experiment(name: str, uri: str | None = None) -> str:
     return exp.experiment_id
 
 
+def release_launcher_run(experiment: str) -> None:
+    """Under ``mlflow run`` without ``--experiment-name``: delete the launcher's run, which sits
+    in another experiment (``Default``) and would stay empty, so the training's run in the study's
+    experiment is the only one. Done before anything else, so a failing training leaves no
+    empty run behind either. A launcher's run in the study's experiment is kept: ``mlflow_run``
+    trains into it."""
+    import mlflow
+
+    launcher_id = os.environ.get("MLFLOW_RUN_ID")
+    if not launcher_id:
+        return
+    client = mlflow.MlflowClient()
+    launcher = client.get_run(launcher_id)
+    home = client.get_experiment(launcher.info.experiment_id)
+    if home.name == experiment:
+        return
+    client.set_tag(launcher_id, DESCRIPTION_TAG, f"Replaced by a run in experiment '{experiment}'.")
+    client.set_terminated(launcher_id, "FINISHED")  # `mlflow run` leaves a terminated run alone
+    client.delete_run(launcher_id)
+    os.environ.pop("MLFLOW_RUN_ID")
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    print(f"mlflow run opened run {launcher_id} in experiment '{home.name}'; deleted it: this training is "
+          f"logged in experiment '{experiment}' (pass --experiment-name {experiment} to mlflow run to skip this)",
+          flush=True)
+
+
+def register_model(model_id: str, name: str, alias: str, tags: dict[str, str]) -> None:
+    """The logged model as a new version of registered model ``name``, with ``alias`` (which moves
+    to it from an older version) and ``tags``. Under the store's file lock, so parallel trainings
+    into one SQLite store create the registered model once and number their versions in turn."""
+    import mlflow
+
+    uri = tracking_uri()
+    with _lock_for(uri):
+        client = mlflow.MlflowClient(uri)
+        version = mlflow.register_model(f"models:/{model_id}", name, tags=tags).version
+        client.set_registered_model_alias(name, alias, version)
+
+
 @contextmanager
 def mlflow_run(experiment_id: str, run_name: str, tags: dict):
-    """Start the run; under ``mlflow run`` reuse the launcher's run when it is in our experiment.
+    """Start the run; under ``mlflow run`` reuse the launcher's run (in our experiment, else
+    ``release_launcher_run`` has removed it).
 
     The run ends FINISHED only when the body completes; an interrupt ends it KILLED,
     any other error FAILED, so a report can never pick up a half-run.
     """
     import mlflow
 
-    launcher_id = os.environ.get("MLFLOW_RUN_ID")
-    run_id = None
-    if launcher_id:
-        launcher = mlflow.MlflowClient().get_run(launcher_id)
-        if launcher.info.experiment_id == experiment_id:
-            run_id = launcher_id
-        else:
-            # `mlflow run` without --experiment-name puts its run in another experiment;
-            # training goes to the study's experiment and the launcher's run points at it.
-            os.environ.pop("MLFLOW_RUN_ID")
-            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    client = mlflow.MlflowClient()
+    run_id = os.environ.get("MLFLOW_RUN_ID") or None
+    if run_id and client.get_run(run_id).info.experiment_id != experiment_id:
+        release_launcher_run(client.get_experiment(experiment_id).name)
+        run_id = None
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=tags)
-    if launcher_id and run_id is None:
-        client = mlflow.MlflowClient()
-        client.set_tag(launcher_id, "pipeline.training_run", run.info.run_id)
-        client.set_tag(launcher_id, "mlflow.note.content",
-                       f"Training was logged in experiment {experiment_id}, run {run.info.run_id}. "
-                       "Pass --experiment-name to `mlflow run` to log it here instead.")
     try:
         yield run
     except KeyboardInterrupt as exc:
@@ -178,3 +262,32 @@ def _release_store(exc: BaseException) -> None:
             tb.tb_next, tb = None, tb.tb_next
         exc = exc.__context__
     gc.collect()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline.tracking ui-url [BASE]``: prepare the study's experiment in the store
+    (``MLFLOW_TRACKING_URI`` or the local one) and print the address of its runs table under
+    ``mlflow ui`` at BASE (default http://127.0.0.1:5000)."""
+    import argparse
+
+    from pipeline.cli import run_main
+    from pipeline.params import Params
+
+    p = argparse.ArgumentParser(prog="python -m pipeline.tracking")
+    p.add_argument("command", choices=["ui-url"])
+    p.add_argument("base", nargs="?", default="http://127.0.0.1:5000")
+    p.add_argument("--params", type=Path, default=paths.PARAMS)
+    args = p.parse_args(argv)
+
+    def ui() -> None:
+        name = Params.load(args.params).mlflow.experiment
+        print(f"The study '{name}' in {redact(tracking_uri())}: open\n  {ui_url(args.base, prepare_experiment(name))}",
+              flush=True)
+
+    run_main(ui)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -11,6 +11,7 @@ import pytest
 from mlflow.entities import ViewType
 
 from conftest import VENV_BIN, make_project_copy, subprocess_env, tiny_params
+from pipeline import metric_names
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +55,13 @@ def test_mlflow_run_prepares_data_and_trains(project):
     assert run.data.params["train.epochs"] == "1"
     assert run.data.params["data.n_train"] == "300" and run.data.params["data.n_test"] == "200"
     assert run.data.params["variant.name"] == "dropout"
-    assert run.data.metrics["test_accuracy"] >= 0
+    assert run.data.metrics[metric_names.TEST_ACCURACY] >= 0
     assert _unfinished(env) == []  # the launcher's run was closed too
+    # one run, where the user asked for it: nothing left in Default (the launcher's run is deleted)
+    assert client.search_runs(["0"]) == []
+    assert "deleted it: this training is logged in experiment 'test-study'" in proc.stdout + proc.stderr
+    [model] = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    assert model.name == "lenet5-dropout-s0" and model.source_run_id == run.info.run_id
 
 
 def test_mlflow_run_unknown_variant_lists_the_known_ones(project):
