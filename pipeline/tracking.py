@@ -11,7 +11,7 @@ never migrate a fresh SQLite store at the same time, and marking the experiment 
 (``experiment_tags``: model development, a description, the study's runs-table view);
 ``ui_url(base, experiment_id)`` is the page ``make ui`` opens on; ``mlflow_run(...)`` is the
 context of one run that ends FINISHED, KILLED or FAILED, never RUNNING;
-``release_launcher_run`` removes the empty run ``mlflow run`` opens in another experiment;
+``note_launcher_run`` makes the run ``mlflow run`` opens in another experiment a pointer;
 ``register_model`` makes a logged model a version of the study's registered model.
 """
 
@@ -179,30 +179,28 @@ def prepare_experiment(name: str, uri: str | None = None) -> str:
     return exp.experiment_id
 
 
-def release_launcher_run(experiment: str) -> None:
-    """Under ``mlflow run`` without ``--experiment-name``: delete the launcher's run, which sits
-    in another experiment (``Default``) and would stay empty, so the training's run in the study's
-    experiment is the only one. Done before anything else, so a failing training leaves no
-    empty run behind either. A launcher's run in the study's experiment is kept: ``mlflow_run``
-    trains into it."""
+def note_launcher_run(experiment: str, label: str) -> None:
+    """Under ``mlflow run`` without ``--experiment-name``: name and describe the launcher's run,
+    which sits in another experiment (``Default``), as a pointer to the study's experiment, before
+    anything can fail. (It cannot be deleted: ``mlflow run`` 3.17 always sets its run's status at
+    the end, which fails on a deleted run.) ``mlflow_run`` adds the training run's id."""
     import mlflow
 
     launcher_id = os.environ.get("MLFLOW_RUN_ID")
     if not launcher_id:
         return
     client = mlflow.MlflowClient()
-    launcher = client.get_run(launcher_id)
-    home = client.get_experiment(launcher.info.experiment_id)
+    home = client.get_experiment(client.get_run(launcher_id).info.experiment_id)
     if home.name == experiment:
         return
-    client.set_tag(launcher_id, DESCRIPTION_TAG, f"Replaced by a run in experiment '{experiment}'.")
-    client.set_terminated(launcher_id, "FINISHED")  # `mlflow run` leaves a terminated run alone
-    client.delete_run(launcher_id)
-    os.environ.pop("MLFLOW_RUN_ID")
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    print(f"mlflow run opened run {launcher_id} in experiment '{home.name}'; deleted it: this training is "
-          f"logged in experiment '{experiment}' (pass --experiment-name {experiment} to mlflow run to skip this)",
-          flush=True)
+    client.set_tag(launcher_id, "mlflow.runName", f"{label} (logged in {experiment})")
+    client.set_tag(launcher_id, DESCRIPTION_TAG, _launcher_note(experiment))
+
+
+def _launcher_note(experiment: str, run_id: str | None = None) -> str:
+    where = f"run {run_id} of experiment '{experiment}'" if run_id else f"experiment '{experiment}'"
+    return (f"This `mlflow run` trained into {where}; this run holds only its parameters. "
+            f"Pass `--experiment-name {experiment}` to `mlflow run` to get one run, there.")
 
 
 def register_model(model_id: str, name: str, alias: str, tags: dict[str, str]) -> None:
@@ -220,20 +218,30 @@ def register_model(model_id: str, name: str, alias: str, tags: dict[str, str]) -
 
 @contextmanager
 def mlflow_run(experiment_id: str, run_name: str, tags: dict):
-    """Start the run; under ``mlflow run`` reuse the launcher's run (in our experiment, else
-    ``release_launcher_run`` has removed it).
+    """Start the run; under ``mlflow run`` reuse the launcher's run when it is in our experiment.
 
     The run ends FINISHED only when the body completes; an interrupt ends it KILLED,
     any other error FAILED, so a report can never pick up a half-run.
     """
     import mlflow
 
-    client = mlflow.MlflowClient()
-    run_id = os.environ.get("MLFLOW_RUN_ID") or None
-    if run_id and client.get_run(run_id).info.experiment_id != experiment_id:
-        release_launcher_run(client.get_experiment(experiment_id).name)
-        run_id = None
+    launcher_id = os.environ.get("MLFLOW_RUN_ID")
+    run_id = None
+    if launcher_id:
+        launcher = mlflow.MlflowClient().get_run(launcher_id)
+        if launcher.info.experiment_id == experiment_id:
+            run_id = launcher_id
+        else:
+            # `mlflow run` without --experiment-name puts its run in another experiment;
+            # training goes to the study's experiment and the launcher's run points at it.
+            os.environ.pop("MLFLOW_RUN_ID")
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=tags)
+    if launcher_id and run_id is None:
+        client = mlflow.MlflowClient()
+        client.set_tag(launcher_id, "pipeline.training_run", run.info.run_id)
+        client.set_tag(launcher_id, DESCRIPTION_TAG,
+                       _launcher_note(client.get_experiment(experiment_id).name, run.info.run_id))
     try:
         yield run
     except KeyboardInterrupt as exc:

@@ -255,9 +255,9 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
     from pipeline.training_diagnostics import RunDiagnostics
 
     params = params or Params.load(params_path)
-    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: its run, if elsewhere, goes first
+    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: its run, if elsewhere, says so first
         mlflow.set_tracking_uri(tracking.tracking_uri())
-        tracking.release_launcher_run(params.mlflow.experiment)
+        tracking.note_launcher_run(params.mlflow.experiment, f"{variant}-s{seed}")
     setup = resolve(variant, seed, params.with_train(overrides), prepared)
     data = load_data(setup.params.train, setup.prepared)
     model = build(setup, options)

@@ -57,10 +57,11 @@ def test_mlflow_run_prepares_data_and_trains(project):
     assert run.data.params["variant.name"] == "dropout"
     assert run.data.metrics[metric_names.TEST_ACCURACY] >= 0
     assert _unfinished(env) == []  # the launcher's run was closed too
-    # one run, where the user asked for it: nothing left in Default (the launcher's run is deleted)
-    assert client.search_runs(["0"]) == []
-    assert "deleted it: this training is logged in experiment 'test-study'" in proc.stdout + proc.stderr
-    [model] = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    # the launcher's run in Default says where the training went
+    [pointer] = client.search_runs(["0"])
+    assert pointer.info.run_name == "dropout-s0 (logged in test-study)"
+    assert pointer.data.tags["pipeline.training_run"] == run.info.run_id
+    [model] = client.search_logged_models([exp.experiment_id])
     assert model.name == "lenet5-dropout-s0" and model.source_run_id == run.info.run_id
 
 

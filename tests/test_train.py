@@ -460,7 +460,7 @@ def test_mlflow_run_reuses_a_launcher_run_in_the_same_experiment(env, run_experi
     assert _status(env, launcher.info.run_id) == "FINISHED"
 
 
-def test_mlflow_run_launcher_in_another_experiment_is_replaced_by_the_training_run(env, run_experiment, monkeypatch):
+def test_mlflow_run_launcher_in_another_experiment_points_at_the_training_run(env, run_experiment, monkeypatch):
     launcher = env.client.create_run("0")  # `mlflow run` without --experiment-name: Default
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
@@ -469,20 +469,20 @@ def test_mlflow_run_launcher_in_another_experiment_is_replaced_by_the_training_r
     assert run.info.run_id != launcher.info.run_id
     assert run.info.experiment_id == run_experiment
     assert _status(env, run.info.run_id) == "FINISHED"
-    # the empty launcher run is gone from Default, and terminated, so `mlflow run` leaves it alone
-    gone = env.client.get_run(launcher.info.run_id)
-    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "FINISHED"
-    assert launcher.info.run_id not in {r.info.run_id for r in env.client.search_runs(["0"])}
+    assert env.client.get_run(launcher.info.run_id).data.tags["pipeline.training_run"] == run.info.run_id
+    note = env.client.get_run(launcher.info.run_id).data.tags["mlflow.note.content"]
+    assert run.info.run_id in note and "--experiment-name test-mlflow-run" in note
 
 
-def test_a_failing_training_under_mlflow_run_leaves_no_empty_run_in_default(env, monkeypatch):
+def test_a_failing_training_under_mlflow_run_names_its_launcher_run_for_where_it_went(env, monkeypatch):
     launcher = env.client.create_run("0")
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
     with pytest.raises(UserError, match="unknown variant"):
         env.train("nope")
-    assert env.client.get_run(launcher.info.run_id).info.lifecycle_stage == "deleted"
-    assert "MLFLOW_RUN_ID" not in os.environ
+    pointer = env.client.get_run(launcher.info.run_id)
+    assert pointer.info.run_name == f"nope-s0 (logged in {EXPERIMENT})"
+    assert f"--experiment-name {EXPERIMENT}" in pointer.data.tags["mlflow.note.content"]
 
 
 # --- The input pipeline ------------------------------------------------------------
