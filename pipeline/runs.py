@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import paths, tracking
+from pipeline import metric_names, paths, tracking
 from pipeline.errors import UserError
 
-FINAL_METRICS = ("test_loss", "test_accuracy", "train_seconds")
+# The MLflow names of what the report reads: final test metrics, training time, the curves.
+FINAL_METRICS = (metric_names.TEST_LOSS, metric_names.TEST_ACCURACY, metric_names.TRAIN_SECONDS)
 CURVE_METRICS = ("test_accuracy", "test_loss")
 
 RunKey = tuple[str, int]  # (variant, seed)
@@ -96,8 +97,9 @@ def _download(run_id: str, artifact_path: str, dst: Path, uri: str) -> Path:
 
 def _curves(client, run_id: str) -> pd.DataFrame:
     return pd.DataFrame({
-        metric: pd.Series({point.step: point.value for point in client.get_metric_history(run_id, metric)})
-        for metric in CURVE_METRICS
+        key: pd.Series({point.step: point.value
+                        for point in client.get_metric_history(run_id, metric_names.EPOCH[key])})
+        for key in CURVE_METRICS
     }).rename_axis("epoch").reset_index()
 
 
@@ -126,8 +128,9 @@ def _read_run(client, run, key: RunKey, dst: Path, uri: str) -> RunData:
     diagnostics = _diagnostics(_download(run_id, "diagnostics", dst, uri)) if "diagnostics" in artifacts else {}
     metrics, run_params = run.data.metrics, run.data.params
     return RunData(
-        variant=key[0], seed=key[1], run_id=run_id, test_loss=float(metrics["test_loss"]),
-        test_accuracy=float(metrics["test_accuracy"]), train_seconds=float(metrics["train_seconds"]),
+        variant=key[0], seed=key[1], run_id=run_id, test_loss=float(metrics[metric_names.TEST_LOSS]),
+        test_accuracy=float(metrics[metric_names.TEST_ACCURACY]),
+        train_seconds=float(metrics[metric_names.TRAIN_SECONDS]),
         parameters=int(float(run_params.get("model.params_total", "nan"))),
         n_train=int(float(run_params.get("data.n_train", "0"))),
         correct=predictions["correct"].to_numpy().astype(bool), curves=_curves(client, run_id), bn=bn,

@@ -7,8 +7,12 @@ Credentials come only from MLflow's own variables (``MLFLOW_TRACKING_USERNAME``,
 ``MLFLOW_TRACKING_PASSWORD``, ``MLFLOW_TRACKING_TOKEN``) and are never logged.
 Out: ``prepare_experiment(name)`` returns the experiment id after checking that the
 store answers, creating store and experiment under a file lock, so parallel stages
-never migrate a fresh SQLite store at the same time; ``mlflow_run(...)`` is the context
-of one run that ends FINISHED, KILLED or FAILED, never RUNNING.
+never migrate a fresh SQLite store at the same time, and marking the experiment for the UI
+(``experiment_tags``: model development, a description, the study's runs-table view);
+``ui_url(base, experiment_id)`` is the page ``make ui`` opens on; ``mlflow_run(...)`` is the
+context of one run that ends FINISHED, KILLED or FAILED, never RUNNING;
+``note_launcher_run`` makes the run ``mlflow run`` opens in another experiment a pointer;
+``register_model`` makes a logged model a version of the study's registered model.
 """
 
 from __future__ import annotations
@@ -20,12 +24,56 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline import paths
+from pipeline import metric_names, paths
 from pipeline.errors import UserError
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
 CONNECT_TIMEOUT_S = 5.0
+
+# The UI (MLflow 3) opens an experiment in its model-training mode with this kind, and offers
+# the runs-table view stored in the tag SHARED_VIEW_PREFIX + key as ?viewStateShareKey=key.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+DESCRIPTION_TAG = "mlflow.note.content"
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+STUDY_VIEW = "study"
+
+
+def study_view() -> dict:
+    """The runs table a user of the study wants first: variant, seed, the final test accuracy and
+    loss, the logged model; best test accuracy on top."""
+    def metric(name: str) -> str:
+        return f"metrics.`{name}`"
+
+    return {
+        "searchFilter": "", "orderByKey": metric(metric_names.TEST_ACCURACY), "orderByAsc": False,
+        "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+        "selectedColumns": ["tags.`variant`", "tags.`seed`", metric(metric_names.TEST_ACCURACY),
+                            metric(metric_names.TEST_LOSS)],
+    }
+
+
+DESCRIPTION = f"""LeNet-5 on MNIST: batch norm and dropout variants, one run per (variant, seed).
+
+- Runs table: open the **study** view (`make ui` prints its address, `?viewStateShareKey={STUDY_VIEW}`) for
+  variant, seed, final test accuracy and loss, best first. The `comparison` run holds the report.
+- A run's *Model metrics*: `by_epoch` first (x axis "Step" = epoch; the latest point is the final value),
+  then `diagnostics/*` (Step = optimizer step) and `timing`.
+- Models: `lenet5-<variant>-s<seed>`, each with its final metrics and datasets; also versions of the
+  registered model named like this experiment, alias `<variant>-s<seed>`.
+"""
+
+
+def experiment_tags() -> dict[str, str]:
+    import json
+
+    return {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], SHARED_VIEW_PREFIX + STUDY_VIEW: json.dumps(study_view())}
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The study's runs table in the model-training mode of ``mlflow ui`` at ``base``."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={STUDY_VIEW}")
 
 
 def tracking_uri() -> str:
@@ -112,7 +160,15 @@ def prepare_experiment(name: str, uri: str | None = None) -> str:
         try:
             exp = client.get_experiment_by_name(name)
             if exp is None:
-                return client.create_experiment(name, artifact_location=default_artifact_location(uri))
+                return client.create_experiment(name, artifact_location=default_artifact_location(uri),
+                                                tags={**experiment_tags(), DESCRIPTION_TAG: DESCRIPTION})
+            if exp.lifecycle_stage != "deleted":
+                # An experiment made before these tags, or by an older version of them, gets them now;
+                # a description someone wrote stays.
+                wanted = {**experiment_tags(), **({} if DESCRIPTION_TAG in exp.tags else {DESCRIPTION_TAG: DESCRIPTION})}
+                for key, value in wanted.items():
+                    if exp.tags.get(key) != value:
+                        client.set_experiment_tag(exp.experiment_id, key, value)
         except MlflowException as exc:
             raise UserError(f"MLflow store {redact(uri)} failed: {str(exc).splitlines()[0]}") from None
     if exp.lifecycle_stage == "deleted":
@@ -121,6 +177,43 @@ def prepare_experiment(name: str, uri: str | None = None) -> str:
             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or rename mlflow.experiment in params.yaml"
         )
     return exp.experiment_id
+
+
+def note_launcher_run(experiment: str, label: str) -> None:
+    """Under ``mlflow run`` without ``--experiment-name``: name and describe the launcher's run,
+    which sits in another experiment (``Default``), as a pointer to the study's experiment, before
+    anything can fail. (It cannot be deleted: ``mlflow run`` 3.17 always sets its run's status at
+    the end, which fails on a deleted run.) ``mlflow_run`` adds the training run's id."""
+    import mlflow
+
+    launcher_id = os.environ.get("MLFLOW_RUN_ID")
+    if not launcher_id:
+        return
+    client = mlflow.MlflowClient()
+    home = client.get_experiment(client.get_run(launcher_id).info.experiment_id)
+    if home.name == experiment:
+        return
+    client.set_tag(launcher_id, "mlflow.runName", f"{label} (logged in {experiment})")
+    client.set_tag(launcher_id, DESCRIPTION_TAG, _launcher_note(experiment))
+
+
+def _launcher_note(experiment: str, run_id: str | None = None) -> str:
+    where = f"run {run_id} of experiment '{experiment}'" if run_id else f"experiment '{experiment}'"
+    return (f"This `mlflow run` trained into {where}; this run holds only its parameters. "
+            f"Pass `--experiment-name {experiment}` to `mlflow run` to get one run, there.")
+
+
+def register_model(model_id: str, name: str, alias: str, tags: dict[str, str]) -> None:
+    """The logged model as a new version of registered model ``name``, with ``alias`` (which moves
+    to it from an older version) and ``tags``. Under the store's file lock, so parallel trainings
+    into one SQLite store create the registered model once and number their versions in turn."""
+    import mlflow
+
+    uri = tracking_uri()
+    with _lock_for(uri):
+        client = mlflow.MlflowClient(uri)
+        version = mlflow.register_model(f"models:/{model_id}", name, tags=tags).version
+        client.set_registered_model_alias(name, alias, version)
 
 
 @contextmanager
@@ -147,9 +240,8 @@ def mlflow_run(experiment_id: str, run_name: str, tags: dict):
     if launcher_id and run_id is None:
         client = mlflow.MlflowClient()
         client.set_tag(launcher_id, "pipeline.training_run", run.info.run_id)
-        client.set_tag(launcher_id, "mlflow.note.content",
-                       f"Training was logged in experiment {experiment_id}, run {run.info.run_id}. "
-                       "Pass --experiment-name to `mlflow run` to log it here instead.")
+        client.set_tag(launcher_id, DESCRIPTION_TAG,
+                       _launcher_note(client.get_experiment(experiment_id).name, run.info.run_id))
     try:
         yield run
     except KeyboardInterrupt as exc:
@@ -178,3 +270,32 @@ def _release_store(exc: BaseException) -> None:
             tb.tb_next, tb = None, tb.tb_next
         exc = exc.__context__
     gc.collect()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline.tracking ui-url [BASE]``: prepare the study's experiment in the store
+    (``MLFLOW_TRACKING_URI`` or the local one) and print the address of its runs table under
+    ``mlflow ui`` at BASE (default http://127.0.0.1:5000)."""
+    import argparse
+
+    from pipeline.cli import run_main
+    from pipeline.params import Params
+
+    p = argparse.ArgumentParser(prog="python -m pipeline.tracking")
+    p.add_argument("command", choices=["ui-url"])
+    p.add_argument("base", nargs="?", default="http://127.0.0.1:5000")
+    p.add_argument("--params", type=Path, default=paths.PARAMS)
+    args = p.parse_args(argv)
+
+    def ui() -> None:
+        name = Params.load(args.params).mlflow.experiment
+        print(f"The study '{name}' in {redact(tracking_uri())}: open\n  {ui_url(args.base, prepare_experiment(name))}",
+              flush=True)
+
+    run_main(ui)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -8,8 +8,11 @@ initialisers, shuffling and dropout masks, with the backend's deterministic mode
 pair gives the same numbers twice on one machine.
 
 Out: an MLflow run ``<variant>-s<seed>`` in the study's experiment holding the resolved
-settings as params, per-epoch and final metrics, BN weights, predictions, confusion
-matrix, model summary, diagnostics, and the Keras model; with ``--record DIR`` also the
+settings as params, per-epoch metrics (names in ``pipeline.metric_names``), BN weights,
+predictions, confusion matrix, model summary, diagnostics, and the Keras model: a logged
+model ``lenet5-<variant>-s<seed>`` carrying the final epoch's metrics with their datasets,
+also registered as a version of the registered model named like the experiment, with alias
+``<variant>-s<seed>``; with ``--record DIR`` also the
 DVC record in ``DIR`` (``record.json``, ``metrics.json``, ``history.csv``), written only
 after the run finished. ``train(...)`` returns all of it as a ``TrainResult``.
 """
@@ -27,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline import backend, paths, tracking
+from pipeline import backend, metric_names, paths, tracking
 from pipeline.artifacts import write_artifacts, write_record
 from pipeline.cli import run_main
 from pipeline.errors import UserError
@@ -35,6 +38,10 @@ from pipeline.inputs import ensure_prepared, fit_inputs, load_data
 from pipeline.params import Params, VariantSpec
 
 TEST_BATCH = 1000
+# The logged model's step in the run. Not an epoch nor an optimizer step: MLflow links to a
+# model every run metric logged at its step, and diagnostics share the step axis with epochs.
+# The model's metrics are linked explicitly instead (``link_final_metrics``).
+MODEL_STEP = -1
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,10 @@ class TrainSetup:
     def run_name(self) -> str:
         return f"{self.spec.name}-s{self.seed}"
 
+    @property
+    def model_name(self) -> str:
+        return f"lenet5-{self.run_name}"
+
 
 @dataclass
 class TrainResult:
@@ -75,6 +86,7 @@ class TrainResult:
 
     run_id: str
     experiment_id: str
+    model_id: str
     model: Any
     history: list[dict]
     metrics: dict[str, float]
@@ -124,17 +136,20 @@ def run_tags(setup: TrainSetup, dvc_stage: str) -> dict[str, str]:
     return tags
 
 
-def log_setup(setup: TrainSetup, model, data: dict) -> None:
-    """The resolved settings as params, the parameter counts, and the datasets as inputs."""
+def log_setup(setup: TrainSetup, model, data: dict) -> dict[str, Any]:
+    """The resolved settings as params, the parameter counts, and the datasets as inputs
+    (returned by split, for the model's metrics)."""
     import mlflow
 
     from pipeline.model import parameter_counts
 
     mlflow.log_params(flat_params(setup, data))
     mlflow.log_params({f"model.params_{k}": v for k, v in parameter_counts(model).items()})
+    datasets = {}
     for split, context in (("train", "training"), ("test", "testing")):
-        dataset = mlflow.data.from_numpy(data[f"x_{split}"], targets=data[f"y_{split}"], name=f"mnist-{split}")
-        mlflow.log_input(dataset, context=context)
+        datasets[split] = mlflow.data.from_numpy(data[f"x_{split}"], targets=data[f"y_{split}"], name=f"mnist-{split}")
+        mlflow.log_input(datasets[split], context=context)
+    return datasets
 
 
 def flat_params(setup: TrainSetup, data: dict) -> dict[str, Any]:
@@ -185,12 +200,36 @@ def log_outputs(setup: TrainSetup, model, data: dict, history: list[dict], diagn
     return probs, seconds
 
 
-def log_model(model, x_example: np.ndarray, probs: np.ndarray) -> None:
+def log_model(setup: TrainSetup, model, x_example: np.ndarray, probs: np.ndarray, run_id: str,
+              datasets: dict) -> str:
+    """The Keras model as ``lenet5-<variant>-s<seed>``, carrying only the final epoch's metrics
+    (each with its dataset), registered under the experiment's name; returns the model id."""
     import mlflow
     from mlflow.models import infer_signature
 
-    mlflow.keras.log_model(model, name="model", signature=infer_signature(x_example, probs),
-                           pip_requirements=backend.requirements())
+    info = mlflow.keras.log_model(
+        model, name=setup.model_name, signature=infer_signature(x_example, probs), step=MODEL_STEP,
+        tags={"variant": setup.spec.name, "seed": str(setup.seed)},
+        pip_requirements=backend.requirements(),
+    )
+    link_final_metrics(run_id, info.model_id, datasets)
+    tracking.register_model(info.model_id, setup.params.mlflow.experiment, alias=setup.run_name,
+                            tags={"variant": setup.spec.name, "seed": str(setup.seed)})
+    return info.model_id
+
+
+def link_final_metrics(run_id: str, model_id: str, datasets: dict) -> None:
+    """The last epoch's points of the per-epoch metrics, linked to the model with their dataset.
+
+    The same points (key, value, step, timestamp) as in the run, so its history is unchanged.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, name in sorted(metric_names.EPOCH.items()):  # the model page lists them in this order: test first
+        last = max(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))
+        mlflow.log_metrics({name: last.value}, step=last.step, timestamp=last.timestamp, run_id=run_id,
+                           model_id=model_id, dataset=datasets[key.split("_")[0]])
 
 
 # --- The stage --------------------------------------------------------------------------------
@@ -204,7 +243,11 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
 
     from pipeline.training_diagnostics import RunDiagnostics
 
-    params = (params or Params.load(params_path)).with_train(overrides)
+    params = params or Params.load(params_path)
+    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: its run, if elsewhere, says so first
+        mlflow.set_tracking_uri(tracking.tracking_uri())
+        tracking.note_launcher_run(params.mlflow.experiment, f"{variant}-s{seed}")
+    params = params.with_train(overrides)
     backend.activate(params.train.backend, options.op_determinism)  # before anything imports Keras
     setup = resolve(variant, seed, params, prepared)
     data = load_data(setup.params.train, setup.prepared)
@@ -212,16 +255,16 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
     diag = RunDiagnostics(setup.params.diagnostics, model, data["x_test"]) if setup.params.diagnostics.any else None
     callbacks = [diag.monitor] if diag is not None and diag.monitor is not None else []
     with tracking.mlflow_run(setup.experiment_id, setup.run_name, run_tags(setup, dvc_stage)) as run:
-        log_setup(setup, model, data)
+        datasets = log_setup(setup, model, data)
         _say_start(setup, model, data, run.info.run_id)
         history, speed = fit(model, data, setup, options, callbacks)
         # The last epoch's test metrics are the final ones; logging them again (at step 0)
         # would add a spurious point to the per-epoch curves.
-        mlflow.log_metrics(speed)
+        mlflow.log_metrics({metric_names.TIMING[k]: v for k, v in speed.items()})
         probs, diag_seconds = log_outputs(setup, model, data, history, diag)
-        log_model(model, data["x_test"][:2], probs[:2])
+        model_id = log_model(setup, model, data["x_test"][:2], probs[:2], run.info.run_id, datasets)
     metrics = {"test_loss": history[-1]["test_loss"], "test_accuracy": history[-1]["test_accuracy"], **speed}
-    result = TrainResult(run.info.run_id, setup.experiment_id, model, history, metrics,
+    result = TrainResult(run.info.run_id, setup.experiment_id, model_id, model, history, metrics,
                          _record(setup, run.info.run_id, metrics, model), diag_seconds)
     _say_done(setup, result)
     if record_dir is not None:

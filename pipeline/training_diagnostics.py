@@ -3,8 +3,9 @@
 In: the ``diagnostics`` settings, the model being trained and the test images (the probe
 batch is the last ``probe_size`` of them; variance shift uses the first
 ``variance_shift_images``).
-Out: ``monitor`` (a callback for ``fit``, or None) logs ``ics.*`` and ``coadaptation.fc1``
-at every checkpoint; ``finish(out, title)`` logs the final measurements as metrics and
+Out: ``monitor`` (a callback for ``fit``, or None) logs ``diagnostics/covariate_shift/*`` and
+``diagnostics/coadaptation/fc1`` at every checkpoint (the end of training is the last one, so
+its latest point is the final value); ``finish(out, title)`` logs the final measurements as metrics and
 writes ``history.csv``, ``summary.json``, ``covariate_shift.png`` and
 ``fc1_activations.npy`` into ``out``, and returns the summary.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import metric_names
 from pipeline.params import DiagnosticsSettings
 
 COADAPTATION_LAYER = "fc1_tanh"  # the Dense(84) units after tanh
@@ -43,9 +45,9 @@ class RunDiagnostics:
     def _on_record(self, step: int, record: dict, coadaptation: float | None) -> None:
         import mlflow
 
-        metrics = {f"ics.{k}": v for k, v in record.items()}
+        metrics = {metric_names.covariate_shift(k): v for k, v in record.items()}
         if coadaptation is not None:
-            metrics["coadaptation.fc1"] = coadaptation
+            metrics[metric_names.COADAPTATION_FC1] = coadaptation
         mlflow.log_metrics(metrics, step=step)
 
     def finish(self, out: Path, title: str) -> dict:
@@ -62,14 +64,15 @@ class RunDiagnostics:
         if self.settings.covariate_shift:
             self._finish_covariate_shift(out, title, summary)
         if self.settings.coadaptation:
-            summary["coadaptation_fc1"] = metrics["coadaptation_fc1"] = monitor.coadaptation_history[-1][1]
+            # The final value is the series' latest point (logged by the end-of-training record above).
+            summary["coadaptation_fc1"] = monitor.coadaptation_history[-1][1]
             summary["coadaptation_history"] = monitor.coadaptation_history
             # The probe images' fc1 activations at the end: the report compares variants on them, image by image.
             np.save(out / "fc1_activations.npy", monitor.last_output.astype(np.float32))
         if self.settings.variance_shift:
             metrics.update(self._finish_variance_shift(summary))
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-        mlflow.log_metrics({**metrics, "diagnostics_final_seconds": time.perf_counter() - start})
+        mlflow.log_metrics({**metrics, metric_names.DIAGNOSTICS_FINAL_SECONDS: time.perf_counter() - start})
         return summary
 
     def _finish_covariate_shift(self, out: Path, title: str, summary: dict) -> None:
@@ -88,4 +91,4 @@ class RunDiagnostics:
         ratios = diagnostics.variance_ratios(self.model, self.variance_x)  # one pass, batched
         summary["variance_shift"] = diagnostics.shift_from_ratios(ratios)
         summary["variance_ratio_mean"] = {k: float(np.mean(v)) for k, v in ratios.items()}
-        return {f"variance_shift.{k}": v for k, v in summary["variance_shift"].items()}
+        return {metric_names.variance_shift(k): v for k, v in summary["variance_shift"].items()}

@@ -28,6 +28,7 @@ import yaml
 from scipy import stats as sps
 
 from conftest import tiny_params
+from pipeline import metric_names as M
 from pipeline import stats
 from pipeline.compare import compare
 from pipeline.report import store_label
@@ -183,10 +184,10 @@ def test_table_numbers_are_the_recorded_runs(study, report):
         row = _row(report.table, v)
         assert row["run_ids"] == run_id
         assert row["n_seeds"] == 1
-        assert row["test_accuracy_mean"] == run.data.metrics["test_accuracy"]
-        assert row["test_loss_mean"] == run.data.metrics["test_loss"]
+        assert row["test_accuracy_mean"] == run.data.metrics[M.TEST_ACCURACY]
+        assert row["test_loss_mean"] == run.data.metrics[M.TEST_LOSS]
         assert row["test_accuracy_std"] == 0 and row["test_loss_std"] == 0
-        assert row["train_seconds_mean"] == run.data.metrics["train_seconds"]
+        assert row["train_seconds_mean"] == run.data.metrics[M.TRAIN_SECONDS]
         assert row["parameters"] == int(run.data.params["model.params_total"])
     assert _row(report.table, "plain")["parameters"] == 545_546
     assert _row(report.table, "bn_hidden")["changes"].startswith("BN on hidden")
@@ -308,7 +309,7 @@ def test_metrics_json_equals_the_table(report):
 
 @slow
 def test_each_run_logs_its_diagnostics(study):
-    """What one training run records: ics.* and coadaptation.fc1 at every checkpoint (here every
+    """What one training run records: covariate shift and co-adaptation at every checkpoint (here every
     step), the same numbers in diagnostics/history.csv, final measures that agree with the
     saved fc1 activations, a variance-shift metric per BN layer."""
     from pipeline.diagnostics import mean_abs_correlation
@@ -327,25 +328,25 @@ def test_each_run_logs_its_diagnostics(study):
     assert list(history.columns) == ["step"] + [f"{p}.{s}" for p in points for s in ("p15", "p50", "p85", "mean",
                                                                                        "log_std")]
     for key in ("conv2_tanh.p15", "fc1_bn.p85", "conv1_tanh.log_std"):
-        logged = sorted(study.client.get_metric_history(run_id, f"ics.{key}"), key=lambda m: m.step)
+        logged = sorted(study.client.get_metric_history(run_id, M.covariate_shift(key)), key=lambda m: m.step)
         assert [m.step for m in logged] == history["step"].tolist(), key
         np.testing.assert_allclose([m.value for m in logged], history[key], rtol=1e-12)
     assert (history["conv1_tanh.p15"] <= history["conv1_tanh.p50"]).all()
     assert (history["conv1_tanh.p50"] <= history["conv1_tanh.p85"]).all()
 
-    coad = sorted(study.client.get_metric_history(run_id, "coadaptation.fc1"), key=lambda m: m.step)
+    coad = sorted(study.client.get_metric_history(run_id, M.COADAPTATION_FC1), key=lambda m: m.step)
     assert [m.step for m in coad] == history["step"].tolist()
     acts = np.load(diag / "fc1_activations.npy")
     assert acts.shape == (64, 84) and acts.dtype == np.float32  # probe_size images x 84 units
     m = run.data.metrics
-    assert m["coadaptation_fc1"] == coad[-1].value
-    assert m["coadaptation_fc1"] == pytest.approx(mean_abs_correlation(acts), rel=1e-5)
+    assert m[M.COADAPTATION_FC1] == coad[-1].value
+    assert m[M.COADAPTATION_FC1] == pytest.approx(mean_abs_correlation(acts), rel=1e-5)
     summary = json.loads((diag / "summary.json").read_text())
-    assert summary["coadaptation_fc1"] == m["coadaptation_fc1"] and summary["probe_size"] == 64
+    assert summary["coadaptation_fc1"] == m[M.COADAPTATION_FC1] and summary["probe_size"] == 64
     assert sorted(summary["variance_shift"]) == ["conv1_bn", "conv2_bn", "conv3_bn", "fc1_bn"]
     for layer, value in summary["variance_shift"].items():
-        assert m[f"variance_shift.{layer}"] == value and value >= 1.0
-    assert m["diagnostics_final_seconds"] > 0
+        assert m[M.variance_shift(layer)] == value and value >= 1.0
+    assert m[M.DIAGNOSTICS_FINAL_SECONDS] > 0
     assert (diag / "covariate_shift.png").read_bytes()[:8] == PNG
 
 
@@ -421,10 +422,10 @@ def test_a_newer_run_of_the_same_stage_does_not_replace_the_recorded_one(study, 
     stale = study.client.get_run(study.stale_run_id)
     assert stale.info.run_name == "plain-s0" and stale.info.status == "FINISHED"
     assert stale.info.start_time > recorded.info.start_time
-    assert stale.data.metrics["test_loss"] != recorded.data.metrics["test_loss"]
+    assert stale.data.metrics[M.TEST_LOSS] != recorded.data.metrics[M.TEST_LOSS]
     row = _row(report.table, "plain")
     assert row["run_ids"] == recorded.info.run_id
-    assert row["test_loss_mean"] == recorded.data.metrics["test_loss"]
+    assert row["test_loss_mean"] == recorded.data.metrics[M.TEST_LOSS]
     assert study.stale_run_id not in report.md
     assert study.stale_run_id not in report.summary.data.tags["pipeline.runs"]
 
@@ -435,7 +436,7 @@ def test_a_record_naming_an_unfinished_run_is_refused(study, tmp_path, status):
     run = study.client.create_run(study.experiment_id, run_name="bn_hidden-s0", tags={"variant": "bn_hidden"})
     run_id = run.info.run_id
     for key in ("test_accuracy", "test_loss", "train_seconds"):  # it looks complete, but is not FINISHED
-        study.client.log_metric(run_id, key, study.records["bn_hidden"][key])
+        study.client.log_metric(run_id, {**M.EPOCH, **M.TIMING}[key], study.records["bn_hidden"][key])
     if status != "RUNNING":  # RUNNING: the orphan `mlflow run` without conda leaves
         study.client.set_terminated(run_id, status)
     assert study.client.get_run(run_id).info.status == status
@@ -639,8 +640,8 @@ def test_three_seeds_table_has_mean_and_std(study, seeds_report):
     assert sorted(report.table["variant"]) == sorted(SEED_VARIANTS)
     for v in SEED_VARIANTS:
         runs = [study.client.get_run(records[(v, s)]["run_id"]) for s in SEEDS]
-        acc = [r.data.metrics["test_accuracy"] for r in runs]
-        loss = [r.data.metrics["test_loss"] for r in runs]
+        acc = [r.data.metrics[M.TEST_ACCURACY] for r in runs]
+        loss = [r.data.metrics[M.TEST_LOSS] for r in runs]
         assert [r.info.run_name for r in runs] == [f"{v}-s{s}" for s in SEEDS]
         row = _row(report.table, v)
         assert row["n_seeds"] == 3
@@ -650,7 +651,7 @@ def test_three_seeds_table_has_mean_and_std(study, seeds_report):
         assert row["test_loss_mean"] == pytest.approx(np.mean(loss), rel=1e-12)
         assert row["test_loss_std"] == pytest.approx(np.std(loss, ddof=1), rel=1e-9)
         assert row["test_loss_std"] > 0  # the seeds really differ
-        assert row["train_seconds_mean"] == pytest.approx(np.mean([r.data.metrics["train_seconds"] for r in runs]))
+        assert row["train_seconds_mean"] == pytest.approx(np.mean([r.data.metrics[M.TRAIN_SECONDS] for r in runs]))
         ci = sps.t.interval(0.95, 2, loc=np.mean(acc), scale=sps.sem(acc))
         assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx(ci, rel=1e-9)
         assert row["ci_method"] == "t across 3 seeds"

@@ -11,6 +11,7 @@ import pytest
 from mlflow.entities import ViewType
 
 from conftest import VENV_BIN, make_project_copy, subprocess_env, tiny_params
+from pipeline import metric_names
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +55,14 @@ def test_mlflow_run_prepares_data_and_trains(project):
     assert run.data.params["train.epochs"] == "1"
     assert run.data.params["data.n_train"] == "300" and run.data.params["data.n_test"] == "200"
     assert run.data.params["variant.name"] == "dropout"
-    assert run.data.metrics["test_accuracy"] >= 0
+    assert run.data.metrics[metric_names.TEST_ACCURACY] >= 0
     assert _unfinished(env) == []  # the launcher's run was closed too
+    # the launcher's run in Default says where the training went
+    [pointer] = client.search_runs(["0"])
+    assert pointer.info.run_name == "dropout-s0 (logged in test-study)"
+    assert pointer.data.tags["pipeline.training_run"] == run.info.run_id
+    [model] = client.search_logged_models([exp.experiment_id])
+    assert model.name == "lenet5-dropout-s0" and model.source_run_id == run.info.run_id
 
 
 def test_mlflow_run_unknown_variant_lists_the_known_ones(project):

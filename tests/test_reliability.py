@@ -24,6 +24,7 @@ import yaml
 from mlflow.entities import ViewType
 
 from conftest import FIXTURE_MNIST, VENV_BIN, fixture_pins, make_project_copy, subprocess_env, tiny_params
+from pipeline import metric_names as M
 from pipeline.idx import payload_sha256
 from reliability_helpers import (Proc, ensure_postgres, free_port, leftovers, mlflow_server, one_line_error,
                                  postgres_cluster, prepared_project, run, set_params, sigint_reaches_children,
@@ -218,10 +219,10 @@ def test_four_parallel_trainings_into_one_fresh_sqlite_store(tmp_path):
         record = yaml.safe_load((project / "results" / f"{v}-s0" / "record.json").read_text())
         run = runs[record["run_id"]]
         assert run.info.status == "FINISHED" and run.info.run_name == f"{v}-s0"
-        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+        for key in M.EPOCH.values():
             history = client.get_metric_history(run.info.run_id, key)
             assert sorted(m.step for m in history) == [1, 2], (v, key)
-        assert run.data.metrics["test_accuracy"] == pytest.approx(record["test_accuracy"])
+        assert run.data.metrics[M.TEST_ACCURACY] == pytest.approx(record["test_accuracy"])
         assert {"predictions.csv", "model_summary.txt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
@@ -279,7 +280,7 @@ def test_training_through_a_server_with_a_postgresql_backend(tmp_path):
         # The run is in PostgreSQL itself, not in some local fallback.
         direct = mlflow.MlflowClient(db_uri)
         assert direct.get_run(record["run_id"]).info.status == "FINISHED"
-        assert [m.step for m in direct.get_metric_history(record["run_id"], "test_accuracy")] == [1]
+        assert [m.step for m in direct.get_metric_history(record["run_id"], M.TEST_ACCURACY)] == [1]
     assert not (tmp_path / "store" / "mlflow.db").exists()
 
 

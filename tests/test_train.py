@@ -18,7 +18,7 @@ import yaml
 from mlflow.entities import ViewType
 
 from conftest import tiny_params
-from pipeline import tracking
+from pipeline import metric_names, tracking
 from pipeline.callbacks import METRIC_KEYS
 from pipeline.errors import UserError
 from pipeline.params import VariantSpec
@@ -114,7 +114,7 @@ def _model_id(env: Env, t: Trained) -> str:
     found = mlflow.search_logged_models(experiment_ids=[t.run.info.experiment_id],
                                         filter_string=f"source_run_id = '{t.run_id}'", output_format="list")
     assert [m.model_id for m in found] == [outputs[0].model_id]
-    assert found[0].name == "model"
+    assert found[0].name == f"lenet5-{t.run.info.run_name}"
     return outputs[0].model_id
 
 
@@ -175,21 +175,22 @@ def test_no_credentials_anywhere(env, bn_all):
 
 def test_metric_histories_have_one_point_per_epoch(env, bn_all):
     for key in METRIC_KEYS:
-        history = env.client.get_metric_history(bn_all.run_id, key)
+        history = env.client.get_metric_history(bn_all.run_id, metric_names.EPOCH[key])
         assert sorted(m.step for m in history) == [1, 2], key
         assert all(np.isfinite(m.value) for m in history)
-    for key in ("train_accuracy", "test_accuracy"):
+    for key in (metric_names.TRAIN_ACCURACY, metric_names.TEST_ACCURACY):
         assert all(0.0 <= m.value <= 1.0 for m in env.client.get_metric_history(bn_all.run_id, key))
 
 
 def test_final_metrics(env, bn_all):
     metrics = bn_all.run.data.metrics
-    last = {key: max(env.client.get_metric_history(bn_all.run_id, key), key=lambda m: m.step).value
+    last = {key: max(env.client.get_metric_history(bn_all.run_id, metric_names.EPOCH[key]),
+                     key=lambda m: m.step).value
             for key in METRIC_KEYS}
-    assert metrics["test_accuracy"] == last["test_accuracy"] == bn_all.record["test_accuracy"]
-    assert metrics["test_loss"] == last["test_loss"] == bn_all.record["test_loss"]
-    assert metrics["train_seconds"] > 0
-    assert metrics["images_per_second"] == pytest.approx(2 * TRAIN_LIMIT / metrics["train_seconds"])
+    assert metrics[metric_names.TEST_ACCURACY] == last["test_accuracy"] == bn_all.record["test_accuracy"]
+    assert metrics[metric_names.TEST_LOSS] == last["test_loss"] == bn_all.record["test_loss"]
+    assert metrics[metric_names.TRAIN_SECONDS] > 0
+    assert metrics[metric_names.IMAGES_PER_SECOND] == pytest.approx(2 * TRAIN_LIMIT / metrics[metric_names.TRAIN_SECONDS])
     assert bn_all.record["parameters"] == 546_432
 
 
@@ -237,12 +238,12 @@ def test_predictions_and_confusion_matrix(env, bn_all, held_out):
     assert pred["index"].tolist() == list(range(TEST_LIMIT))
     assert pred["label"].tolist() == y.tolist()
 
-    model = mlflow.keras.load_model(f"runs:/{bn_all.run_id}/model")
+    model = mlflow.keras.load_model(f"runs:/{bn_all.run_id}/lenet5-bn_all-s0")
     probs = model.predict(x, batch_size=1000, verbose=0)
     assert pred["predicted"].tolist() == probs.argmax(axis=1).tolist()
     np.testing.assert_allclose(pred["probability"], probs.max(axis=1), atol=1e-5)
     assert pred["correct"].tolist() == (pred["predicted"] == pred["label"]).astype(int).tolist()
-    assert pred["correct"].mean() == pytest.approx(bn_all.run.data.metrics["test_accuracy"], abs=1e-6)
+    assert pred["correct"].mean() == pytest.approx(bn_all.run.data.metrics[metric_names.TEST_ACCURACY], abs=1e-6)
 
     cm = pd.read_csv(bn_all.artifacts / "confusion_matrix.csv", index_col=0)
     assert cm.shape == (10, 10)
@@ -262,6 +263,49 @@ def test_logged_model_loads_as_keras_and_pyfunc(env, bn_all, held_out):
     for out in (keras_model.predict(x[:7], verbose=0), np.asarray(pyfunc.predict(x[:7]))):
         assert out.shape == (7, 10)
         np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_the_logged_model_is_named_for_its_variant_and_carries_its_final_metrics(env, bn_all):
+    """One model per run, ``lenet5-<variant>-s<seed>``, holding the last epoch's metrics (and no
+    diagnostics), each with the dataset it was measured on; a version of the study's registered
+    model with alias ``<variant>-s<seed>``."""
+    model = env.client.get_logged_model(_model_id(env, bn_all))
+    assert model.name == "lenet5-bn_all-s0"
+    assert model.tags["variant"] == "bn_all" and model.tags["seed"] == "0"
+    assert model.params["variant.bn_input"] == "True"
+    final = {m.key: m for m in model.metrics}
+    assert sorted(final) == sorted(metric_names.EPOCH.values())
+    assert len(model.metrics) == 4
+    run = bn_all.run.data.metrics
+    for key, m in final.items():
+        assert m.step == 2 and m.value == run[key], key
+        assert m.dataset_name == ("mnist-test" if "/test_" in key else "mnist-train"), key
+    assert final[metric_names.TEST_ACCURACY].value == bn_all.record["test_accuracy"]
+    # linking added no point to the run's own curves
+    assert [p.step for p in env.client.get_metric_history(bn_all.run_id, metric_names.TEST_ACCURACY)] == [1, 2]
+
+    version = env.client.get_model_version_by_alias(EXPERIMENT, "bn_all-s0")
+    assert version.source == f"models:/{model.model_id}" and version.run_id == bn_all.run_id
+    assert version.tags == {"variant": "bn_all", "seed": "0"}
+
+
+def test_the_experiment_opens_as_model_development_with_the_study_view(env):
+    exp = env.client.get_experiment_by_name(EXPERIMENT)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "by_epoch" in exp.tags["mlflow.note.content"]
+    view = json.loads(exp.tags["mlflow.sharedViewState.study"])
+    assert view["orderByKey"] == f"metrics.`{metric_names.TEST_ACCURACY}`" and view["orderByAsc"] is False
+    assert view["selectedColumns"][:4] == ["tags.`variant`", "tags.`seed`", f"metrics.`{metric_names.TEST_ACCURACY}`",
+                                           f"metrics.`{metric_names.TEST_LOSS}`"]
+    assert tracking.ui_url("http://127.0.0.1:5000/", exp.experiment_id) == (
+        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        "&viewStateShareKey=study")
+    # an experiment made before these tags gets them; a description someone wrote stays
+    old = env.client.create_experiment("test-old-experiment", tags={"mlflow.note.content": "mine"})
+    assert tracking.prepare_experiment("test-old-experiment") == old
+    tags = env.client.get_experiment(old).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and tags["mlflow.note.content"] == "mine"
+    assert json.loads(tags["mlflow.sharedViewState.study"]) == view
 
 
 def test_dataset_inputs(bn_all):
@@ -297,7 +341,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(env):
     m = [r.run.data.metrics for r in runs]
     preds = [pd.read_csv(r.artifacts / "predictions.csv") for r in runs]
     assert runs[0].run_id != runs[1].run_id
-    for key in ("test_loss", "test_accuracy", "train_loss", "train_accuracy"):
+    for key in metric_names.EPOCH.values():
         assert m[0][key] == m[1][key], key
     pd.testing.assert_frame_equal(preds[0], preds[1])
     for site in BN_ALL_SITES:
@@ -305,8 +349,8 @@ def test_same_seed_same_numbers_other_seed_other_numbers(env):
                 np.load(runs[1].artifacts / "bn_weights" / f"{site}.npz") as b:
             for name in a.files:
                 np.testing.assert_array_equal(a[name], b[name])
-    assert m[2]["test_loss"] != m[0]["test_loss"]
-    assert m[2]["train_loss"] != m[0]["train_loss"]
+    assert m[2][metric_names.TEST_LOSS] != m[0][metric_names.TEST_LOSS]
+    assert m[2][metric_names.TRAIN_LOSS] != m[0][metric_names.TRAIN_LOSS]
     assert not preds[2]["probability"].equals(preds[0]["probability"])
     assert runs[2].run.info.run_name == "bn_dropout-s1"
 
@@ -321,17 +365,17 @@ def test_record_matches_the_run(env, bn_all):
     metrics = bn_all.run.data.metrics
     # dvc metrics shows only what a user compares: the test metrics of the run
     assert json.loads((record_dir / "metrics.json").read_text()) == {
-        "test_loss": metrics["test_loss"], "test_accuracy": metrics["test_accuracy"]}
+        "test_loss": metrics[metric_names.TEST_LOSS], "test_accuracy": metrics[metric_names.TEST_ACCURACY]}
     assert record["run_id"] == bn_all.run_id
     assert record["variant"] == "bn_all" and record["seed"] == 0
-    assert record["test_loss"] == metrics["test_loss"]
-    assert record["test_accuracy"] == metrics["test_accuracy"]
+    assert record["test_loss"] == metrics[metric_names.TEST_LOSS]
+    assert record["test_accuracy"] == metrics[metric_names.TEST_ACCURACY]
 
     history = pd.read_csv(record_dir / "history.csv")
     assert list(history.columns) == ["epoch", *METRIC_KEYS]
     assert history["epoch"].tolist() == [1, 2]
     for key in METRIC_KEYS:
-        logged = sorted(env.client.get_metric_history(bn_all.run_id, key), key=lambda m: m.step)
+        logged = sorted(env.client.get_metric_history(bn_all.run_id, metric_names.EPOCH[key]), key=lambda m: m.step)
         np.testing.assert_allclose(history[key], [m.value for m in logged], rtol=1e-12)
     artifact_history = pd.read_csv(bn_all.artifacts / "history.csv")
     pd.testing.assert_frame_equal(artifact_history, history)
@@ -426,6 +470,19 @@ def test_mlflow_run_launcher_in_another_experiment_points_at_the_training_run(en
     assert run.info.experiment_id == run_experiment
     assert _status(env, run.info.run_id) == "FINISHED"
     assert env.client.get_run(launcher.info.run_id).data.tags["pipeline.training_run"] == run.info.run_id
+    note = env.client.get_run(launcher.info.run_id).data.tags["mlflow.note.content"]
+    assert run.info.run_id in note and "--experiment-name test-mlflow-run" in note
+
+
+def test_a_failing_training_under_mlflow_run_names_its_launcher_run_for_where_it_went(env, monkeypatch):
+    launcher = env.client.create_run("0")
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
+    with pytest.raises(UserError, match="unknown variant"):
+        env.train("nope")
+    pointer = env.client.get_run(launcher.info.run_id)
+    assert pointer.info.run_name == f"nope-s0 (logged in {EXPERIMENT})"
+    assert f"--experiment-name {EXPERIMENT}" in pointer.data.tags["mlflow.note.content"]
 
 
 # --- The input pipeline ------------------------------------------------------------
@@ -492,25 +549,25 @@ def _train_with_diagnostics(env: Env, name: str, **switches) -> tuple[object, se
 def test_each_diagnostic_can_be_switched_off(env):
     run, files = _train_with_diagnostics(env, "coad-only", covariate_shift=False, variance_shift=False)
     metrics = run.data.metrics
-    assert not [k for k in metrics if k.startswith(("ics.", "variance_shift."))]
+    assert not [k for k in metrics if k.startswith(("diagnostics/covariate_shift/", "diagnostics/variance_shift/"))]
     assert files == {"diagnostics/summary.json", "diagnostics/fc1_activations.npy"}
-    steps = sorted(m.step for m in env.client.get_metric_history(run.info.run_id, "coadaptation.fc1"))
+    steps = sorted(m.step for m in env.client.get_metric_history(run.info.run_id, metric_names.COADAPTATION_FC1))
     assert steps == [0, 3]  # before the first update, and at the end (3 steps of 128 images)
-    assert 0.0 <= metrics["coadaptation_fc1"] <= 1.0
+    assert 0.0 <= metrics[metric_names.COADAPTATION_FC1] <= 1.0
     assert run.data.params["diagnostics.covariate_shift"] == "False"
 
     run, files = _train_with_diagnostics(env, "no-coad", coadaptation=False)
     metrics = run.data.metrics
-    assert not [k for k in metrics if k.startswith("coadaptation")]
-    assert {"ics.conv1_tanh.p50", "variance_shift.fc1_bn"} <= set(metrics)
+    assert not [k for k in metrics if k.startswith("diagnostics/coadaptation")]
+    assert {"diagnostics/covariate_shift/conv1_tanh/p50", "diagnostics/variance_shift/fc1_bn"} <= set(metrics)
     assert files == {"diagnostics/summary.json", "diagnostics/history.csv", "diagnostics/covariate_shift.png"}
 
     for name, switches in (("all-off", {"covariate_shift": False, "coadaptation": False, "variance_shift": False}),
                            ("master-off", {"enabled": False})):
         run, files = _train_with_diagnostics(env, name, **switches)
         assert files == set(), name
-        assert not [k for k in run.data.metrics if k.startswith(("ics.", "coadaptation", "variance_shift", "diag"))]
-        assert run.data.metrics["test_accuracy"] > 0  # training itself is unaffected
+        assert not [k for k in run.data.metrics if k.startswith(("diagnostics/", "timing/diagnostics"))]
+        assert run.data.metrics[metric_names.TEST_ACCURACY] > 0  # training itself is unaffected
 
 
 def test_an_interrupt_python_swallowed_still_stops_training_at_the_next_batch(env):
@@ -529,7 +586,7 @@ def test_an_interrupt_python_swallowed_still_stops_training_at_the_next_batch(en
     runs = env.client.search_runs([exp.experiment_id], "attributes.run_name = 'plain-s7'",
                                   run_view_type=ViewType.ALL)
     assert [r.info.status for r in runs] == ["KILLED"]
-    assert not env.client.get_metric_history(runs[0].info.run_id, "train_loss")  # stopped before epoch 1 ended
+    assert not env.client.get_metric_history(runs[0].info.run_id, metric_names.TRAIN_LOSS)  # stopped before epoch 1 ended
     assert not (env.root / "swallowed").exists()
 
 
@@ -555,7 +612,8 @@ def test_train_returns_its_result_and_takes_callbacks_and_compile_options(env):
     assert [row["epoch"] for row in result.history] == [1, 2]
     run = env.client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["seed"] == "3"
-    assert result.metrics["test_accuracy"] == run.data.metrics["test_accuracy"] == result.history[-1]["test_accuracy"]
+    assert (result.metrics["test_accuracy"] == run.data.metrics[metric_names.TEST_ACCURACY]
+            == result.history[-1]["test_accuracy"])
     assert result.record["run_id"] == result.run_id and result.record["parameters"] == 545_546
     # the model handed back is the trained one: it reproduces the final test accuracy
     data = np.load(env.prepared / "x_test.npy")[:TEST_LIMIT], np.load(env.prepared / "y_test.npy")[:TEST_LIMIT]
