@@ -3,11 +3,13 @@
 In: a stage's ``main`` body (a callable).
 Out: exit status 0, 2 (a ``UserError``: its message on stderr, no traceback) or 130
 (SIGINT or SIGTERM). SIGTERM becomes ``KeyboardInterrupt`` so clean-up (temporary
-files, the MLflow run's status) happens for ``kill`` as it does for Ctrl-C.
+files, the MLflow run's status) happens for ``kill`` as it does for Ctrl-C. Also the
+command-line numbers of the training stage (``--seed``, ``--epochs`` …), checked the same way.
 """
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from typing import Any, Callable
@@ -48,3 +50,32 @@ def run_main(body: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+# --- Command-line numbers: ``mlflow run`` passes every parameter, unset ones as "" ------------
+
+TRAIN_OVERRIDE_FLAGS = ("epochs", "batch-size", "learning-rate", "momentum", "train-limit", "test-limit")
+FLOAT_FLAGS = ("learning-rate", "momentum")
+
+
+def number(flag: str, text: str) -> int | float | None:
+    """A command-line number; ``""`` (what ``mlflow run`` passes for an unset parameter) is None."""
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--{flag} = {text!r} is not a number") from None
+    return int(value) if value.is_integer() and flag not in FLOAT_FLAGS else value
+
+
+def whole_number(flag: str, text: str) -> int:
+    value = number(flag, text)
+    if value is None or not float(value).is_integer() or value < 0:
+        raise UserError(f"--{flag} = {text!r} is invalid: must be a whole number >= 0")
+    return int(value)
+
+
+def train_overrides(args: argparse.Namespace) -> dict:
+    """The ``--epochs`` … flags as overrides of params.yaml's ``train`` (None: as in params.yaml)."""
+    return {flag.replace("-", "_"): number(flag, getattr(args, flag.replace("-", "_"))) for flag in TRAIN_OVERRIDE_FLAGS}

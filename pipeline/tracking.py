@@ -10,8 +10,8 @@ store answers, creating store and experiment under a file lock, so parallel stag
 never migrate a fresh SQLite store at the same time, and marking the experiment for the UI
 (``experiment_tags``: model development, a description, the study's runs-table view);
 ``ui_url(base, experiment_id)`` is the page ``make ui`` opens on; ``mlflow_run(...)`` is the
-context of one run that ends FINISHED, KILLED or FAILED, never RUNNING;
-``note_launcher_run`` makes the run ``mlflow run`` opens in another experiment a pointer;
+context of one run that ends FINISHED, KILLED or FAILED, never RUNNING (under ``mlflow run``,
+the launcher's run, wherever the user put it);
 ``register_model`` makes a logged model a version of the study's registered model.
 """
 
@@ -179,30 +179,6 @@ def prepare_experiment(name: str, uri: str | None = None) -> str:
     return exp.experiment_id
 
 
-def note_launcher_run(experiment: str, label: str) -> None:
-    """Under ``mlflow run`` without ``--experiment-name``: name and describe the launcher's run,
-    which sits in another experiment (``Default``), as a pointer to the study's experiment, before
-    anything can fail. (It cannot be deleted: ``mlflow run`` 3.17 always sets its run's status at
-    the end, which fails on a deleted run.) ``mlflow_run`` adds the training run's id."""
-    import mlflow
-
-    launcher_id = os.environ.get("MLFLOW_RUN_ID")
-    if not launcher_id:
-        return
-    client = mlflow.MlflowClient()
-    home = client.get_experiment(client.get_run(launcher_id).info.experiment_id)
-    if home.name == experiment:
-        return
-    client.set_tag(launcher_id, "mlflow.runName", f"{label} (logged in {experiment})")
-    client.set_tag(launcher_id, DESCRIPTION_TAG, _launcher_note(experiment))
-
-
-def _launcher_note(experiment: str, run_id: str | None = None) -> str:
-    where = f"run {run_id} of experiment '{experiment}'" if run_id else f"experiment '{experiment}'"
-    return (f"This `mlflow run` trained into {where}; this run holds only its parameters. "
-            f"Pass `--experiment-name {experiment}` to `mlflow run` to get one run, there.")
-
-
 def register_model(model_id: str, name: str, alias: str, tags: dict[str, str]) -> None:
     """The logged model as a new version of registered model ``name``, with ``alias`` (which moves
     to it from an older version) and ``tags``. Under the store's file lock, so parallel trainings
@@ -218,30 +194,20 @@ def register_model(model_id: str, name: str, alias: str, tags: dict[str, str]) -
 
 @contextmanager
 def mlflow_run(experiment_id: str, run_name: str, tags: dict):
-    """Start the run; under ``mlflow run`` reuse the launcher's run when it is in our experiment.
+    """Start the run in ``experiment_id``; under ``mlflow run``, continue the launcher's run instead.
 
-    The run ends FINISHED only when the body completes; an interrupt ends it KILLED,
-    any other error FAILED, so a report can never pick up a half-run.
+    ``mlflow run`` opens a run in the experiment the user chose (``--experiment-name``, else
+    ``Default``) before our code starts; training into it, renamed ``run_name`` and tagged,
+    gives one run per command, where the user asked for it. The run ends FINISHED only when
+    the body completes; an interrupt ends it KILLED, any other error FAILED, so a report can
+    never pick up a half-run.
     """
     import mlflow
 
-    launcher_id = os.environ.get("MLFLOW_RUN_ID")
-    run_id = None
+    launcher_id = os.environ.get("MLFLOW_RUN_ID") or None
     if launcher_id:
-        launcher = mlflow.MlflowClient().get_run(launcher_id)
-        if launcher.info.experiment_id == experiment_id:
-            run_id = launcher_id
-        else:
-            # `mlflow run` without --experiment-name puts its run in another experiment;
-            # training goes to the study's experiment and the launcher's run points at it.
-            os.environ.pop("MLFLOW_RUN_ID")
-            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=tags)
-    if launcher_id and run_id is None:
-        client = mlflow.MlflowClient()
-        client.set_tag(launcher_id, "pipeline.training_run", run.info.run_id)
-        client.set_tag(launcher_id, DESCRIPTION_TAG,
-                       _launcher_note(client.get_experiment(experiment_id).name, run.info.run_id))
+        experiment_id = mlflow.MlflowClient().get_run(launcher_id).info.experiment_id
+    run = mlflow.start_run(run_id=launcher_id, experiment_id=experiment_id, run_name=run_name, tags=tags)
     try:
         yield run
     except KeyboardInterrupt as exc:

@@ -32,16 +32,13 @@ import numpy as np
 
 from pipeline import backend, metric_names, paths, tracking
 from pipeline.artifacts import write_artifacts, write_record
-from pipeline.cli import run_main
+from pipeline.cli import TRAIN_OVERRIDE_FLAGS, run_main, train_overrides, whole_number
 from pipeline.errors import UserError
 from pipeline.inputs import ensure_prepared, fit_inputs, load_data
+from pipeline.logged_model import log_model
 from pipeline.params import Params, VariantSpec
 
 TEST_BATCH = 1000
-# The logged model's step in the run. Not an epoch nor an optimizer step: MLflow links to a
-# model every run metric logged at its step, and diagnostics share the step axis with epochs.
-# The model's metrics are linked explicitly instead (``link_final_metrics``).
-MODEL_STEP = -1
 
 
 @dataclass(frozen=True)
@@ -200,38 +197,6 @@ def log_outputs(setup: TrainSetup, model, data: dict, history: list[dict], diagn
     return probs, seconds
 
 
-def log_model(setup: TrainSetup, model, x_example: np.ndarray, probs: np.ndarray, run_id: str,
-              datasets: dict) -> str:
-    """The Keras model as ``lenet5-<variant>-s<seed>``, carrying only the final epoch's metrics
-    (each with its dataset), registered under the experiment's name; returns the model id."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    info = mlflow.keras.log_model(
-        model, name=setup.model_name, signature=infer_signature(x_example, probs), step=MODEL_STEP,
-        tags={"variant": setup.spec.name, "seed": str(setup.seed)},
-        pip_requirements=backend.requirements(),
-    )
-    link_final_metrics(run_id, info.model_id, datasets)
-    tracking.register_model(info.model_id, setup.params.mlflow.experiment, alias=setup.run_name,
-                            tags={"variant": setup.spec.name, "seed": str(setup.seed)})
-    return info.model_id
-
-
-def link_final_metrics(run_id: str, model_id: str, datasets: dict) -> None:
-    """The last epoch's points of the per-epoch metrics, linked to the model with their dataset.
-
-    The same points (key, value, step, timestamp) as in the run, so its history is unchanged.
-    """
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    for key, name in sorted(metric_names.EPOCH.items()):  # the model page lists them in this order: test first
-        last = max(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))
-        mlflow.log_metrics({name: last.value}, step=last.step, timestamp=last.timestamp, run_id=run_id,
-                           model_id=model_id, dataset=datasets[key.split("_")[0]])
-
-
 # --- The stage --------------------------------------------------------------------------------
 
 
@@ -243,11 +208,7 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
 
     from pipeline.training_diagnostics import RunDiagnostics
 
-    params = params or Params.load(params_path)
-    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: its run, if elsewhere, says so first
-        mlflow.set_tracking_uri(tracking.tracking_uri())
-        tracking.note_launcher_run(params.mlflow.experiment, f"{variant}-s{seed}")
-    params = params.with_train(overrides)
+    params = (params or Params.load(params_path)).with_train(overrides)
     backend.activate(params.train.backend, options.op_determinism)  # before anything imports Keras
     setup = resolve(variant, seed, params, prepared)
     data = load_data(setup.params.train, setup.prepared)
@@ -262,20 +223,23 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
         # would add a spurious point to the per-epoch curves.
         mlflow.log_metrics({metric_names.TIMING[k]: v for k, v in speed.items()})
         probs, diag_seconds = log_outputs(setup, model, data, history, diag)
-        model_id = log_model(setup, model, data["x_test"][:2], probs[:2], run.info.run_id, datasets)
+        model_id = log_model(model, data["x_test"][:2], probs[:2], run.info.run_id, datasets,
+                             name=setup.model_name, registered_name=setup.params.mlflow.experiment,
+                             alias=setup.run_name, tags={"variant": setup.spec.name, "seed": str(setup.seed)})
     metrics = {"test_loss": history[-1]["test_loss"], "test_accuracy": history[-1]["test_accuracy"], **speed}
-    result = TrainResult(run.info.run_id, setup.experiment_id, model_id, model, history, metrics,
-                         _record(setup, run.info.run_id, metrics, model), diag_seconds)
+    result = TrainResult(run.info.run_id, run.info.experiment_id, model_id, model, history, metrics,
+                         _record(setup, run.info, metrics, model), diag_seconds)
     _say_done(setup, result)
     if record_dir is not None:
         write_record(record_dir, result.record, history)
     return result
 
 
-def _record(setup: TrainSetup, run_id: str, metrics: dict, model) -> dict[str, Any]:
+def _record(setup: TrainSetup, run_info, metrics: dict, model) -> dict[str, Any]:
     from pipeline.model import parameter_counts
 
-    return {"run_id": run_id, "experiment_id": setup.experiment_id, "variant": setup.spec.name, "seed": setup.seed,
+    return {"run_id": run_info.run_id, "experiment_id": run_info.experiment_id, "variant": setup.spec.name,
+            "seed": setup.seed,
             **metrics, "parameters": parameter_counts(model)["total"]}
 
 
@@ -310,7 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", required=True, help="a key of 'variants' in params.yaml")
     p.add_argument("--seed", default="0")
     # Overrides of params.yaml 'train'; empty means "as in params.yaml" (what MLproject passes by default).
-    for flag in OVERRIDE_FLAGS:
+    for flag in TRAIN_OVERRIDE_FLAGS:
         p.add_argument(f"--{flag}", default="")
     p.add_argument("--record", type=Path, help="directory for the DVC record (record.json, metrics.json, history.csv)")
     p.add_argument("--dvc-stage", default="", help="the DVC stage name, logged as a tag")
@@ -318,37 +282,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-OVERRIDE_FLAGS = ("epochs", "batch-size", "learning-rate", "momentum", "train-limit", "test-limit")
-FLOAT_FLAGS = ("learning-rate", "momentum")
-
-
-def _number(flag: str, text: str):
-    if text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"--{flag} = {text!r} is not a number") from None
-    return int(value) if value.is_integer() and flag not in FLOAT_FLAGS else value
-
-
-def _seed(text: str) -> int:
-    value = _number("seed", text)
-    if value is None or not float(value).is_integer() or value < 0:
-        raise UserError(f"--seed = {text!r} is invalid: must be a whole number >= 0")
-    return int(value)
-
-
-def overrides_from(args: argparse.Namespace) -> dict:
-    return {flag.replace("-", "_"): _number(flag, getattr(args, flag.replace("-", "_"))) for flag in OVERRIDE_FLAGS}
-
-
 def main(argv: list[str] | None = None) -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args = parse_args(argv)
-    run_main(lambda: train(args.variant, _seed(args.seed), overrides=overrides_from(args), record_dir=args.record,
+    run_main(lambda: train(args.variant, whole_number("seed", args.seed), overrides=train_overrides(args), record_dir=args.record,
                            dvc_stage=args.dvc_stage, params_path=args.params))
 
 

@@ -47,9 +47,11 @@ def test_mlflow_run_prepares_data_and_trains(project):
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("test-study")
-    assert exp is not None
-    runs = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
-    assert [r.info.run_name for r in runs] == ["dropout-s0"]
+    assert exp is not None  # the study's experiment exists (the model is registered under its name)
+    # without --experiment-name, mlflow run puts its run in Default: the one training run is there
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs = client.search_runs(experiments, run_view_type=ViewType.ALL)
+    assert [(r.info.run_name, r.info.experiment_id) for r in runs] == [("dropout-s0", "0")]
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "1"
@@ -57,12 +59,16 @@ def test_mlflow_run_prepares_data_and_trains(project):
     assert run.data.params["variant.name"] == "dropout"
     assert run.data.metrics[metric_names.TEST_ACCURACY] >= 0
     assert _unfinished(env) == []  # the launcher's run was closed too
-    # the launcher's run in Default says where the training went
-    [pointer] = client.search_runs(["0"])
-    assert pointer.info.run_name == "dropout-s0 (logged in test-study)"
-    assert pointer.data.tags["pipeline.training_run"] == run.info.run_id
-    [model] = client.search_logged_models([exp.experiment_id])
+    [model] = client.search_logged_models(experiments)
     assert model.name == "lenet5-dropout-s0" and model.source_run_id == run.info.run_id
+
+    # the README's command names the study's experiment: one more run, there
+    proc = _mlflow_run(project, "-P", "variant=plain", "-P", "epochs=1", "-P", "train_limit=300",
+                       "-P", "test_limit=200", "--experiment-name", "test-study")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = client.search_runs(experiments, run_view_type=ViewType.ALL)
+    assert sorted((r.info.run_name, r.info.experiment_id) for r in runs) == [
+        ("dropout-s0", "0"), ("plain-s0", exp.experiment_id)]
 
 
 def test_mlflow_run_unknown_variant_lists_the_known_ones(project):

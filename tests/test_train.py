@@ -460,29 +460,33 @@ def test_mlflow_run_reuses_a_launcher_run_in_the_same_experiment(env, run_experi
     assert _status(env, launcher.info.run_id) == "FINISHED"
 
 
-def test_mlflow_run_launcher_in_another_experiment_points_at_the_training_run(env, run_experiment, monkeypatch):
-    launcher = env.client.create_run("0")  # `mlflow run` without --experiment-name: Default
+def test_mlflow_run_launcher_in_another_experiment_is_the_training_run(env, run_experiment, monkeypatch):
+    """`mlflow run` without --experiment-name opens its run in Default: training goes into it
+    (renamed, tagged), so the command leaves one run, where the user asked for it."""
+    launcher = env.client.create_run("0")
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
-    with mlflow_run(run_experiment, "elsewhere", {}) as run:
-        assert "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ
-    assert run.info.run_id != launcher.info.run_id
-    assert run.info.experiment_id == run_experiment
-    assert _status(env, run.info.run_id) == "FINISHED"
-    assert env.client.get_run(launcher.info.run_id).data.tags["pipeline.training_run"] == run.info.run_id
-    note = env.client.get_run(launcher.info.run_id).data.tags["mlflow.note.content"]
-    assert run.info.run_id in note and "--experiment-name test-mlflow-run" in note
+    with mlflow_run(run_experiment, "elsewhere-s0", {"variant": "elsewhere"}) as run:
+        pass
+    assert run.info.run_id == launcher.info.run_id and run.info.experiment_id == "0"
+    finished = env.client.get_run(launcher.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.info.run_name == "elsewhere-s0"
+    assert finished.data.tags["variant"] == "elsewhere"
+    assert env.client.search_runs([run_experiment], filter_string="attributes.run_name = 'elsewhere-s0'") == []
 
 
-def test_a_failing_training_under_mlflow_run_names_its_launcher_run_for_where_it_went(env, monkeypatch):
+def test_a_failing_training_under_mlflow_run_leaves_its_run_failed_not_running(env, monkeypatch):
     launcher = env.client.create_run("0")
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
     with pytest.raises(UserError, match="unknown variant"):
         env.train("nope")
-    pointer = env.client.get_run(launcher.info.run_id)
-    assert pointer.info.run_name == f"nope-s0 (logged in {EXPERIMENT})"
-    assert f"--experiment-name {EXPERIMENT}" in pointer.data.tags["mlflow.note.content"]
+    # rejected before the run was touched: mlflow run itself ends it (FAILED) when the command exits 2
+    assert env.client.get_run(launcher.info.run_id).info.status == "RUNNING"
+    with pytest.raises(ValueError, match="boom"):
+        with mlflow_run("0", "broken-s0", {}):
+            raise ValueError("boom")
+    assert env.client.get_run(launcher.info.run_id).info.status == "FAILED"
 
 
 # --- The input pipeline ------------------------------------------------------------
