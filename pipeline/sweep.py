@@ -181,8 +181,6 @@ def sweep(*, address: str | None = None, cpus: float = 1.0, gpus: float = 0.0, r
         names = ", ".join(f"{STAGE}@{v}-{s}" for v, s in todo) or "nothing"
         print(f"{len(todo)} of {total} trainings missing or stale: {names}", flush=True)
         return 0
-    experiment_id = tracking.prepare_experiment(params.mlflow.experiment, uri)
-    client = mlflow.MlflowClient(uri)
     connect(address, local_cpus, verbose)
     import ray
 
@@ -190,6 +188,8 @@ def sweep(*, address: str | None = None, cpus: float = 1.0, gpus: float = 0.0, r
         ips = check_store_reaches_cluster(uri)
         if not any(n["Resources"].get("CPU", 0) >= cpus for n in ray.nodes() if n["Alive"]):
             raise UserError(f"no node of the Ray cluster has {cpus:g} CPUs for one training; lower --cpus")
+        experiment_id = tracking.prepare_experiment(params.mlflow.experiment, uri)
+        client = mlflow.MlflowClient(uri)
         summary = json.loads(paths.DATA_SUMMARY.read_text())
         digests = {split: summary[split]["digest"] for split in ("train", "test")}
         data_ref = None
