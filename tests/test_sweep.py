@@ -28,8 +28,9 @@ pytestmark = pytest.mark.slow
 METRICS = {"test_loss", "test_accuracy", "train_loss", "train_accuracy", "train_seconds", "images_per_second"}
 
 
-def _project(tmp_path: Path, variants: tuple[str, ...], seeds: list[int], **env) -> tuple[Path, dict]:
-    params = tiny_params(train_limit=200, test_limit=100)
+def _project(tmp_path: Path, variants: tuple[str, ...], seeds: list[int], epochs: int = 1, **env
+             ) -> tuple[Path, dict]:
+    params = tiny_params(train_limit=200, test_limit=100, epochs=epochs)
     params["variants"] = {v: params["variants"][v] for v in variants}
     params["seeds"] = seeds
     params["diagnostics"]["enabled"] = False
@@ -67,7 +68,7 @@ def _runs(env: dict) -> list:
     return [] if exp is None else client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
 
 
-def _wait_for_runs(env: dict, ok, timeout: float = 240) -> list:
+def _wait_for_runs(env: dict, ok, timeout: float = 180) -> list:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -76,7 +77,7 @@ def _wait_for_runs(env: dict, ok, timeout: float = 240) -> list:
             runs = []
         if ok(runs):
             return runs
-        time.sleep(1)
+        time.sleep(0.5)
     raise AssertionError(f"no RUNNING runs as expected within {timeout} s")
 
 
@@ -100,11 +101,12 @@ def _by_status(runs) -> dict[str, list[str]]:
 
 
 def test_node_dies_mid_training_retried_on_the_other_node(tmp_path):
-    project, env = _project(tmp_path, ("plain",), [0, 1])
+    # 4 epochs: a run stays open long enough to be caught RUNNING on the node about to die.
+    project, env = _project(tmp_path, ("plain",), [0, 1], epochs=4)
     with _cluster({}) as (cluster, (worker,)):
         proc = _start_sweep(project, env, "--address", cluster.address)
-        running = _wait_for_runs(env, lambda rs: any(r.data.tags.get("ray.node_id") == worker.unique_id for r in rs))
-        victim = next(r for r in running if r.data.tags["ray.node_id"] == worker.unique_id).info.run_name
+        running = _wait_for_runs(env, lambda rs: any(r.data.tags.get("ray.node_id") == worker.node_id for r in rs))
+        victim = next(r for r in running if r.data.tags["ray.node_id"] == worker.node_id).info.run_name
         cluster.remove_node(worker, allow_graceful=False)
         out, err = proc.communicate(timeout=420)
     assert proc.returncode == 0, out + err
@@ -116,7 +118,7 @@ def test_node_dies_mid_training_retried_on_the_other_node(tmp_path):
     assert status["KILLED"] == [victim]            # the orphan of the dead node, closed by the driver
     assert "RUNNING" not in status
     retried = next(r for r in runs if r.info.run_name == victim and r.info.status == "FINISHED")
-    assert retried.data.tags["ray.node_id"] != worker.unique_id
+    assert retried.data.tags["ray.node_id"] != worker.node_id
     for run in runs:
         if run.info.status == "FINISHED":
             assert run.data.tags["dvc_stage"] == f"train@plain-{run.data.tags['seed']}"
