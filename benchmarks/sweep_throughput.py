@@ -26,8 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import paths  # noqa: E402
-from pipeline.bench import project_copy  # noqa: E402
+from pipeline import paths
+from pipeline.bench import project_copy
 
 
 def _env(store: Path, mirror: str | None) -> dict[str, str]:
@@ -42,7 +42,7 @@ def _env(store: Path, mirror: str | None) -> dict[str, str]:
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")

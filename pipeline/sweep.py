@@ -30,7 +30,7 @@ from pipeline import paths, tracking
 from pipeline.cli import run_main
 from pipeline.errors import UserError
 from pipeline.params import Params
-from pipeline.sweep_tasks import TAG_NODE, TAG_STAGE, TAG_SWEEP, Job, run_training
+from pipeline.sweep_tasks import TAG_STAGE, TAG_SWEEP, Job, run_training
 
 STAGE = "train"
 PREREQUISITE = "normalize"   # everything the training stages depend on (download, normalize)
@@ -65,7 +65,7 @@ def stale_trainings(params: Params, root: Path = paths.ROOT) -> list[tuple[str, 
 def repro_prerequisites(root: Path = paths.ROOT) -> None:
     """Download and normalize (as ``dvc repro`` would) on this machine, before any training."""
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", PREREQUISITE], cwd=root,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         raise UserError(f"`dvc repro {PREREQUISITE}` failed: {lines[-1] if lines else proc.returncode}")
@@ -84,7 +84,7 @@ def fingerprint(root: Path = paths.ROOT) -> str:
 def source_tags(root: Path = paths.ROOT) -> dict[str, str]:
     """The mlflow.source.* tags of a training started here: a worker's own entry point is Ray's."""
     def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     tags = {"mlflow.source.name": str(root / "pipeline" / "train.py")}
@@ -256,7 +256,7 @@ def _collect(jobs: dict, client, experiment_id: str, sweep_id: str, deps: str) -
     minutes = (time.perf_counter() - start) / 60
     print(f"{done} of {len(jobs)} trainings done in {minutes:.1f} min"
           + (f"; {len(failed)} failed: " + "; ".join(failed) if failed else "")
-          + (f"; run `dvc repro` for the report" if done else ""), flush=True)
+          + ("; run `dvc repro` for the report" if done else ""), flush=True)
     return 1 if failed else 0
 
 

@@ -150,7 +150,7 @@ def run_training(job: Job) -> dict:
         from pipeline.train import train
 
         result = train(job.variant, job.seed, params=job.params, dvc_stage=job.stage, prepared=prepared)
-    except Exception as exc:  # noqa: BLE001  one line for the driver, with the node
+    except Exception as exc:  # one line for the driver, with the node
         first = (str(exc).strip().splitlines() or [""])[0]
         raise RuntimeError(f"on {node}: {type(exc).__name__}: {first}") from exc
     return {"record": result.record, "history": result.history, "run_id": result.run_id, "node": node,

@@ -18,10 +18,9 @@ import mlflow
 import pytest
 import ray
 import yaml
+from conftest import VENV_BIN, make_project_copy, subprocess_env, tiny_params
 from mlflow.entities import ViewType
 from ray.cluster_utils import Cluster
-
-from conftest import VENV_BIN, make_project_copy, subprocess_env, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +53,7 @@ def _cluster(*extra_nodes: dict, head_cpus: int = 1):
 
 def _sweep(project: Path, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.sweep", *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _start_sweep(project: Path, env: dict, *args: str) -> subprocess.Popen:
@@ -199,11 +198,11 @@ def _free_port() -> int:
 def _mlflow_server(tmp: Path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--serve-artifacts",
-                             "--artifacts-destination", str(tmp / "artifacts"), "--workers", "1"],
-                            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp / "server.log", "w") as log:
+        proc = subprocess.Popen([str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                                 "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--serve-artifacts",
+                                 "--artifacts-destination", str(tmp / "artifacts"), "--workers", "1"],
+                                cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         import requests
@@ -221,7 +220,6 @@ def _mlflow_server(tmp: Path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
-        log.close()
 
 
 def test_eight_concurrent_trainings_into_one_tracking_server(tmp_path):
@@ -281,7 +279,7 @@ def test_mlflow_run_against_a_stopped_server_fails_fast_with_the_documented_sett
                             MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
     start = time.monotonic()
     proc = subprocess.run([str(VENV_BIN / "mlflow"), "run", ".", "-P", "variant=plain", "--env-manager", "local"],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=project, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert time.monotonic() - start < 45, time.monotonic() - start
     assert "Connection refused" in proc.stderr or "ConnectionError" in proc.stderr, proc.stderr[-2000:]
