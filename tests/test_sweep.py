@@ -1,0 +1,285 @@
+"""``python -m pipeline.sweep`` against real Ray clusters (two nodes on loopback, started here),
+real DVC project copies and real MLflow stores: faults end with exactly one FINISHED run and
+one committed record per training, never a RUNNING run or a half-committed stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+import yaml
+from conftest import VENV_BIN, make_project_copy, subprocess_env, tiny_params
+from mlflow.entities import ViewType
+from ray.cluster_utils import Cluster
+
+pytestmark = pytest.mark.slow
+
+METRICS = {"test_loss", "test_accuracy", "train_loss", "train_accuracy", "train_seconds", "images_per_second"}
+
+
+def _project(tmp_path: Path, variants: tuple[str, ...], seeds: list[int], epochs: int = 1, **env
+             ) -> tuple[Path, dict]:
+    params = tiny_params(train_limit=200, test_limit=100, epochs=epochs)
+    params["variants"] = {v: params["variants"][v] for v in variants}
+    params["seeds"] = seeds
+    params["diagnostics"]["enabled"] = False
+    return make_project_copy(tmp_path / "project", params), subprocess_env(tmp_path, **env)
+
+
+@contextmanager
+def _cluster(*extra_nodes: dict, head_cpus: int = 1):
+    """A head and worker nodes on this machine, started by this process (which does not join
+    as a driver). All take the machine's own IP: forcing 127.0.0.1 leaves a driver looking for
+    the GCS at the machine's IP."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+    try:
+        nodes = [cluster.add_node(**{"num_cpus": 1, **n}) for n in extra_nodes]
+        cluster.wait_for_nodes()
+        yield cluster, nodes
+    finally:
+        cluster.shutdown()
+        ray.shutdown()
+
+
+def _sweep(project: Path, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.sweep", *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _start_sweep(project: Path, env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.sweep", *args], cwd=project, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _runs(env: dict) -> list:
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("test-study")
+    return [] if exp is None else client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
+
+
+def _wait_for_runs(env: dict, ok, timeout: float = 180) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            runs = [r for r in _runs(env) if r.info.status == "RUNNING"]
+        except Exception:  # noqa: BLE001  the store may not exist yet
+            runs = []
+        if ok(runs):
+            return runs
+        time.sleep(0.5)
+    raise AssertionError(f"no RUNNING runs as expected within {timeout} s")
+
+
+def _committed(project: Path) -> set[str]:
+    lock = project / "dvc.lock"
+    stages = yaml.safe_load(lock.read_text())["stages"] if lock.exists() else {}
+    return {name for name in stages if name.startswith("train@")}
+
+
+def _stale_train_stages(project: Path, env: dict) -> set[str]:
+    out = subprocess.run([str(VENV_BIN / "dvc"), "status", "--json"], cwd=project, env=env, capture_output=True,
+                         text=True, check=True).stdout
+    return {name for name in json.loads(out) if name.startswith("train@")}
+
+
+def _by_status(runs) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        out.setdefault(r.info.status, []).append(r.info.run_name)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_node_dies_mid_training_retried_on_the_other_node(tmp_path):
+    # 4 epochs: a run stays open long enough to be caught RUNNING on the node about to die.
+    project, env = _project(tmp_path, ("plain",), [0, 1], epochs=4)
+    with _cluster({}) as (cluster, (worker,)):
+        proc = _start_sweep(project, env, "--address", cluster.address)
+        running = _wait_for_runs(env, lambda rs: any(r.data.tags.get("ray.node_id") == worker.node_id for r in rs))
+        victim = next(r for r in running if r.data.tags["ray.node_id"] == worker.node_id).info.run_name
+        cluster.remove_node(worker, allow_graceful=False)
+        out, err = proc.communicate(timeout=420)
+    assert proc.returncode == 0, out + err
+    assert out.count("done plain-s") == 2 and "2 of 2 trainings done" in out, out
+
+    runs = _runs(env)
+    status = _by_status(runs)
+    assert status["FINISHED"] == ["plain-s0", "plain-s1"]
+    assert status["KILLED"] == [victim]            # the orphan of the dead node, closed by the driver
+    assert "RUNNING" not in status
+    retried = next(r for r in runs if r.info.run_name == victim and r.info.status == "FINISHED")
+    assert retried.data.tags["ray.node_id"] != worker.node_id
+    for run in runs:
+        if run.info.status == "FINISHED":
+            assert run.data.tags["dvc_stage"] == f"train@plain-{run.data.tags['seed']}"
+            assert run.data.tags["ray.node"] and run.data.tags["sweep.cpus"] == "1"
+            assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git_commit"]
+            assert METRICS <= set(run.data.metrics)
+    for seed in (0, 1):
+        record = json.loads((project / "results" / f"plain-s{seed}" / "record.json").read_text())
+        finished = next(r for r in runs if r.info.run_name == f"plain-s{seed}" and r.info.status == "FINISHED")
+        assert record["run_id"] == finished.info.run_id
+    assert _committed(project) == {"train@plain-0", "train@plain-1"}
+    assert _stale_train_stages(project, env) == set()   # `dvc repro` retrains nothing
+    again = _sweep(project, env, "--dry-run")
+    assert "0 of 2 trainings missing or stale" in again.stdout, again.stdout + again.stderr
+
+
+def test_training_that_raises_is_reported_and_not_committed(tmp_path):
+    project, env = _project(tmp_path, ("plain",), [0, 1])
+    subprocess.run([str(VENV_BIN / "dvc"), "repro", "normalize"], cwd=project, env=env, check=True,
+                   capture_output=True)
+    bad = tmp_path / "bad-prepared"
+    bad.mkdir()
+    for f in (project / "data" / "prepared").iterdir():
+        bad.joinpath(f.name).write_bytes(f.read_bytes())
+    blob = bytearray(bad.joinpath("x_train.npy").read_bytes())
+    blob[-1] ^= 0xFF  # one flipped byte: the node's copy of the data is bad
+    bad.joinpath("x_train.npy").write_bytes(bytes(blob))
+
+    with _cluster({"env_vars": {"LENET_PREPARED": str(bad)}}) as (cluster, _):
+        proc = _sweep(project, env, "--address", cluster.address)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    failed = [ln for ln in proc.stderr.splitlines() if ln.startswith("failed plain-s")]
+    assert len(failed) == 1, proc.stderr
+    assert "differs from the driver's: train digest" in failed[0] and str(bad) in failed[0]
+    assert "Traceback" not in proc.stderr
+    ok_seed = next(s for s in (0, 1) if f"plain-s{s}" not in failed[0])
+    assert "1 of 2 trainings done" in proc.stdout and "1 failed: train@plain-" in proc.stdout
+    assert _committed(project) == {f"train@plain-{ok_seed}"}
+    assert not (project / "results" / f"plain-s{1 - ok_seed}").exists()
+    assert _by_status(_runs(env)) == {"FINISHED": [f"plain-s{ok_seed}"]}
+
+
+def test_interrupted_driver_stops_workers_and_commits_nothing_half(tmp_path):
+    project, env = _project(tmp_path, ("plain",), [0, 1, 2])
+    with _cluster({}) as (cluster, _):
+        proc = _start_sweep(project, env, "--address", cluster.address)
+        # The first record committed, then a training of the third seed running: interrupt.
+        while "done plain-s" not in (line := proc.stdout.readline()):
+            assert line, proc.stderr.read()
+        _wait_for_runs(env, lambda rs: len(rs) >= 1)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        stopped_after = time.monotonic() - sent
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err and stopped_after < 60, (stopped_after, err)
+    status = _by_status(_runs(env))
+    assert "RUNNING" not in status, status
+    committed = _committed(project)
+    assert 1 <= len(committed) <= 2, committed
+    # Every record on disk is a committed one, and every committed one is up to date.
+    on_disk = {f"train@plain-{p.name.split('-s')[1]}" for p in (project / "results").iterdir()}
+    assert on_disk == committed
+    assert _stale_train_stages(project, env) == {"train@plain-0", "train@plain-1", "train@plain-2"} - committed
+    assert len(status["FINISHED"]) == len(committed)
+    again = _sweep(project, env, "--dry-run")
+    missing = sorted({"train@plain-0", "train@plain-1", "train@plain-2"} - committed)
+    assert f"{len(missing)} of 3 trainings missing or stale: {', '.join(missing)}" in again.stdout, again.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _mlflow_server(tmp: Path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with open(tmp / "server.log", "w") as log:
+        proc = subprocess.Popen([str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                                 "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--serve-artifacts",
+                                 "--artifacts-destination", str(tmp / "artifacts"), "--workers", "1"],
+                                cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "server.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_eight_concurrent_trainings_into_one_tracking_server(tmp_path):
+    (tmp_path / "server").mkdir()
+    with _mlflow_server(tmp_path / "server") as url:
+        project, env = _project(tmp_path, ("plain", "dropout"), [0, 1, 2, 3], MLFLOW_TRACKING_URI=url)
+        with _cluster({"num_cpus": 4}, head_cpus=4) as (cluster, _):
+            proc = _sweep(project, env, "--address", cluster.address)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "8 of 8 trainings done" in proc.stdout, proc.stdout
+        runs = _runs(env)
+        client = mlflow.MlflowClient(url)
+        assert _by_status(runs) == {"FINISHED": sorted(f"{v}-s{s}" for v in ("plain", "dropout") for s in range(4))}
+        for run in runs:
+            assert METRICS <= set(run.data.metrics), run.info.run_name
+            assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 1
+            assert "predictions.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+            (output,) = run.outputs.model_outputs
+            assert client.get_logged_model(output.model_id).name == "model"
+        # They ran at once: the most runs open at one moment.
+        events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
+        open_now = peak = 0
+        for _, step in events:
+            open_now += step
+            peak = max(peak, open_now)
+        assert peak >= 4, peak
+    assert len(_committed(project)) == 8 and _stale_train_stages(project, env) == set()
+
+
+def test_down_tracking_server_fails_in_seconds_before_ray(tmp_path):
+    project, env = _project(tmp_path, ("plain",), [0], MLFLOW_TRACKING_URI=f"http://127.0.0.1:{_free_port()}")
+    start = time.monotonic()
+    proc = _sweep(project, env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert time.monotonic() - start < 30
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+    assert "is unreachable" in proc.stderr and "sweep" not in proc.stdout
+    assert not (project / "data").exists()  # nothing ran, not even the data stages
+
+
+def test_local_store_with_a_cluster_on_two_machines_says_start_a_server(tmp_path):
+    project, env = _project(tmp_path, ("plain",), [0])
+    # A second node with another IP (loopback 127.0.0.2): to Ray, another machine.
+    with _cluster({"node_ip_address": "127.0.0.2"}) as (cluster, _):
+        proc = _sweep(project, env, "--address", cluster.address, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("error: the Ray cluster spans 2 machines"), proc.stderr
+    assert "mlflow server --host 0.0.0.0" in lines[0] and "MLFLOW_TRACKING_URI=http://" in lines[0]
+    assert _runs(env) == [] and _committed(project) == set()
+
+
+def test_mlflow_run_against_a_stopped_server_fails_fast_with_the_documented_setting(tmp_path):
+    """MLflow's launcher creates its run (retrying for minutes by default) before our code
+    starts; with MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 it gives up at once (docs/cluster.md)."""
+    project, env = _project(tmp_path, ("plain",), [0], MLFLOW_TRACKING_URI=f"http://127.0.0.1:{_free_port()}",
+                            MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    start = time.monotonic()
+    proc = subprocess.run([str(VENV_BIN / "mlflow"), "run", ".", "-P", "variant=plain", "--env-manager", "local"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 45, time.monotonic() - start
+    assert "Connection refused" in proc.stderr or "ConnectionError" in proc.stderr, proc.stderr[-2000:]
