@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's stages call `python`: make it the environment's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup study test test-fast bench ui clean-venv
+.PHONY: setup study test test-fast bench ui sweep clean-venv
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# Every missing or stale training on a Ray cluster (RAY_ADDRESS, or a local one); see README.
+sweep: $(STAMP)
+	$(BIN)/python -m pipeline.sweep $(SWEEP_ARGS)
 
 # Prints the address of the study's runs table (model-training mode, variant/seed/test accuracy
 # columns, best first), then serves the local store on it.
