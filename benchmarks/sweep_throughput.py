@@ -2,7 +2,7 @@
 (`python -m pipeline.sweep`, concurrent trainings of --cpus CPUs each), same trainings, side
 by side in one run, each in its own fresh copy of the project with its own MLflow store.
 
-    python benchmarks/sweep_throughput.py --variants plain dropout --seeds 0 1 \\
+    python -m benchmarks.sweep_throughput --variants plain dropout --seeds 0 1 \\
         --train-limit 6000 --epochs 2 [--json out.json]
 
 Data and its preparation (download, normalize) are done before either clock starts. Also
@@ -23,11 +23,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from pipeline import paths
-from pipeline.bench import project_copy
+from testbed import project_copy
 
 
 def _env(store: Path, mirror: str | None) -> dict[str, str]:
@@ -58,7 +55,7 @@ def _metrics(project: Path) -> dict[str, dict]:
 
 def _driver_cost(project: Path, stage: str, rounds: int = 3) -> float:
     """Seconds the sweep's driver spends per finished training: the record and `dvc commit`."""
-    code = ("import json,sys,time; from pathlib import Path; from pipeline.sweep import commit;"
+    code = ("import json,sys,time; from pathlib import Path; from pipeline.sweep_dvc import commit;"
             "from pipeline.artifacts import write_record; import pandas as pd;"
             f"d=Path('results')/'{stage.split('@')[1].rsplit('-', 1)[0]}-s{stage.rsplit('-', 1)[1]}';"
             "r=json.loads((d/'record.json').read_text()); h=pd.read_csv(d/'history.csv').to_dict('records');"
@@ -68,7 +65,7 @@ def _driver_cost(project: Path, stage: str, rounds: int = 3) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", nargs="+", default=["plain", "dropout"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -82,37 +79,47 @@ def main(argv: list[str] | None = None) -> None:
                    help="MNIST folder or URL (default: MNIST_MIRROR, else this checkout's data/raw)")
     p.add_argument("--workdir", type=Path, help="keep the copies here (default: a temporary folder)")
     p.add_argument("--json", type=Path, help="write the numbers here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def study_params(args: argparse.Namespace) -> dict:
     params = yaml.safe_load(paths.PARAMS.read_text())
     params["variants"] = {v: params["variants"][v] for v in args.variants}
     params["seeds"] = args.seeds
     params["train"].update({"train_limit": args.train_limit, "test_limit": args.test_limit, "epochs": args.epochs})
     params["diagnostics"]["enabled"] = args.diagnostics == "on"
     params["mlflow"]["experiment"] = "sweep-benchmark"
+    return params
+
+
+def measure(way: str, args: argparse.Namespace, params: dict, work: Path) -> dict:
+    """One way (``dvc_repro`` or ``sweep``) through the same trainings, in a fresh project copy."""
+    project = project_copy(work / way, params)
+    env = _env(work / f"{way}-store", args.mirror)
+    _run([sys.executable, "-m", "dvc", "repro", "normalize"], project, env)  # not timed
+    print(f"  {way}:", flush=True)
+    if way == "dvc_repro":
+        cmd = [sys.executable, "-m", "dvc", "repro", *[f"train@{v}-{s}" for v in args.variants for s in args.seeds]]
+    else:
+        cmd = [sys.executable, "-m", "pipeline.sweep", "--cpus", str(args.cpus), "--local-cpus", str(args.local_cpus)]
+    seconds = _run(cmd, project, env)
+    records = _metrics(project)
+    result = {"seconds": round(seconds, 1), "trainings": len(records),
+              "trainings_per_hour": round(3600 * len(records) / seconds, 1),
+              "mean_train_seconds": round(sum(r["train_seconds"] for r in records.values()) / len(records), 1),
+              "test_accuracy": {k: r["test_accuracy"] for k, r in records.items()}, "project": str(project)}
+    print(f"    {seconds:.1f} s for {len(records)} trainings: {result['trainings_per_hour']} per hour", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    params = study_params(args)
     n = len(args.variants) * len(args.seeds)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sweep-bench-"))
     print(f"{n} trainings ({', '.join(args.variants)} x seeds {args.seeds}; train_limit {args.train_limit}, "
           f"{args.epochs} epoch(s), diagnostics {args.diagnostics}) on {os.cpu_count()} cores; copies in {work}")
-
-    results = {}
-    for way in ("dvc_repro", "sweep"):
-        project = project_copy(work / way, params)
-        env = _env(work / f"{way}-store", args.mirror)
-        _run([sys.executable, "-m", "dvc", "repro", "normalize"], project, env)  # not timed
-        print(f"  {way}:", flush=True)
-        if way == "dvc_repro":
-            cmd = [sys.executable, "-m", "dvc", "repro", *[f"train@{v}-{s}" for v in args.variants for s in args.seeds]]
-        else:
-            cmd = [sys.executable, "-m", "pipeline.sweep", "--cpus", str(args.cpus), "--local-cpus", str(args.local_cpus)]
-        seconds = _run(cmd, project, env)
-        records = _metrics(project)
-        results[way] = {"seconds": round(seconds, 1), "trainings": len(records),
-                        "trainings_per_hour": round(3600 * len(records) / seconds, 1),
-                        "mean_train_seconds": round(sum(r["train_seconds"] for r in records.values()) / len(records), 1),
-                        "test_accuracy": {k: r["test_accuracy"] for k, r in records.items()}, "project": str(project)}
-        print(f"    {seconds:.1f} s for {len(records)} trainings: {results[way]['trainings_per_hour']} per hour", flush=True)
-
+    results = {way: measure(way, args, params, work) for way in ("dvc_repro", "sweep")}
     stage = f"train@{args.variants[0]}-{args.seeds[0]}"
     results["driver_seconds_per_training"] = round(_driver_cost(Path(results["sweep"]["project"]), stage), 2)
     a, b = results["dvc_repro"]["test_accuracy"], results["sweep"]["test_accuracy"]

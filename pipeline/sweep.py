@@ -15,25 +15,22 @@ interrupted (workers stopped, their runs KILLED, nothing half-committed).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline import paths, tracking
 from pipeline.cli import run_main
 from pipeline.errors import UserError
 from pipeline.params import Params
+from pipeline.sweep_dvc import (STAGE, commit, fingerprint, repro_prerequisites, signals_deferred, source_tags,
+                                stale_trainings)
 from pipeline.sweep_tasks import TAG_STAGE, TAG_SWEEP, Job, run_training
 
-STAGE = "train"
-PREREQUISITE = "normalize"   # everything the training stages depend on (download, normalize)
 CANCEL_GRACE_S = 15.0
 # MLflow settings and credentials the workers need to reach the same tracking server.
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
@@ -44,79 +41,6 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW
 def server_command(root: Path = paths.ROOT) -> str:
     return ("mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri postgresql://USER:PASS@DBHOST/mlflow "
             f"--artifacts-destination {root / 'mlartifacts'}")
-
-
-# --- What DVC says is missing ------------------------------------------------------------------
-
-
-def stale_trainings(params: Params, root: Path = paths.ROOT) -> list[tuple[str, int]]:
-    """The (variant, seed) pairs whose ``train@`` stage ``dvc status`` lists (missing or stale)."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    try:
-        with Repo(str(root)) as repo:
-            status = repo.status(targets=[STAGE])
-    except DvcException as exc:
-        raise UserError(f"dvc status failed: {str(exc).splitlines()[0]}") from None
-    return [(v, s) for v in params.variants for s in params.seeds if f"{STAGE}@{v}-{s}" in status]
-
-
-def repro_prerequisites(root: Path = paths.ROOT) -> None:
-    """Download and normalize (as ``dvc repro`` would) on this machine, before any training."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", PREREQUISITE], cwd=root,
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        raise UserError(f"`dvc repro {PREREQUISITE}` failed: {lines[-1] if lines else proc.returncode}")
-
-
-def fingerprint(root: Path = paths.ROOT) -> str:
-    """What the training stages depend on besides the data's own files; it must not change
-    between the start of the sweep and a commit, or DVC would record results under new deps."""
-    h = hashlib.sha256()
-    for rel in ("params.yaml", "dvc.yaml", "data/summary.json", *sorted(
-            str(p.relative_to(root)) for p in (root / "pipeline").glob("*.py"))):
-        h.update(rel.encode() + b"\0" + (root / rel).read_bytes())
-    return h.hexdigest()
-
-
-def source_tags(root: Path = paths.ROOT) -> dict[str, str]:
-    """The mlflow.source.* tags of a training started here: a worker's own entry point is Ray's."""
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
-    tags = {"mlflow.source.name": str(root / "pipeline" / "train.py")}
-    if commit_id := git("rev-parse", "HEAD"):
-        tags["mlflow.source.git.commit"] = commit_id
-        tags["mlflow.source.git.branch"] = git("rev-parse", "--abbrev-ref", "HEAD")
-    return tags
-
-
-def commit(stage: str, root: Path = paths.ROOT) -> None:
-    import logging
-
-    from dvc.repo import Repo
-
-    logging.getLogger("dvc").setLevel(logging.WARNING)  # not "Updating lock file" per training
-
-    with Repo(str(root)) as repo:
-        repo.commit(stage, force=True)
-
-
-@contextmanager
-def signals_deferred():
-    """Hold SIGINT/SIGTERM while a record is written and committed; deliver them after."""
-    held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if held:
-            os.kill(os.getpid(), held[0])
 
 
 # --- The cluster ---------------------------------------------------------------------------------
@@ -212,9 +136,8 @@ def sweep(*, address: str | None = None, cpus: float = 1.0, gpus: float = 0.0, r
 
 
 def _collect(jobs: dict, client, experiment_id: str, sweep_id: str, deps: str) -> int:
+    """Land each training as it finishes; the exit status (1 when any failed)."""
     import ray
-
-    from pipeline.artifacts import write_record
 
     pending, done, failed = list(jobs), 0, []
     start = time.perf_counter()
@@ -223,32 +146,12 @@ def _collect(jobs: dict, client, experiment_id: str, sweep_id: str, deps: str) -
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             for ref in ready:
                 variant, seed = jobs[ref]
-                stage = f"{STAGE}@{variant}-{seed}"
-                try:
-                    out = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:
-                    failed.append(f"{stage} {_reason(exc)}")
-                    print(f"failed {variant}-s{seed} {_reason(exc)}", file=sys.stderr, flush=True)
-                    out = None
-                except ray.exceptions.RayError as exc:  # worker or node died more often than --retries
-                    failed.append(f"{stage}: {type(exc).__name__}")
-                    print(f"failed {variant}-s{seed}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                          file=sys.stderr, flush=True)
-                    out = None
-                close_orphans(client, experiment_id, sweep_id, stage)
-                if out is None:
-                    continue
-                if fingerprint() != deps:
-                    failed.append(f"{stage}: code, params or data changed during the sweep; not committed")
-                    print(f"not committed {stage}: code, params or data changed during the sweep",
-                          file=sys.stderr, flush=True)
-                    continue
-                with signals_deferred():
-                    write_record(paths.result_dir(variant, seed), out["record"], out["history"])
-                    commit(stage)
-                done += 1
-                print(f"done {variant}-s{seed} on {out['node']}: test accuracy {out['record']['test_accuracy']:.4f}, "
-                      f"{out['seconds']:.1f} s [{done + len(failed)}/{len(jobs)}]", flush=True)
+                landed, problem = _land(ref, variant, seed, client, experiment_id, sweep_id, deps)
+                if problem:
+                    failed.append(problem)
+                else:
+                    done += 1
+                    print(f"{landed} [{done + len(failed)}/{len(jobs)}]", flush=True)
     except KeyboardInterrupt:
         _stop(pending, client, experiment_id, sweep_id)
         raise
@@ -258,6 +161,38 @@ def _collect(jobs: dict, client, experiment_id: str, sweep_id: str, deps: str) -
           + (f"; {len(failed)} failed: " + "; ".join(failed) if failed else "")
           + ("; run `dvc repro` for the report" if done else ""), flush=True)
     return 1 if failed else 0
+
+
+def _land(ref, variant: str, seed: int, client, experiment_id: str, sweep_id: str, deps: str
+          ) -> tuple[str | None, str | None]:
+    """One finished task: its orphan runs closed, its record written and committed.
+    Returns (the progress line, None) or (None, what went wrong)."""
+    import ray
+
+    from pipeline.artifacts import write_record
+
+    stage = f"{STAGE}@{variant}-{seed}"
+    out, problem = None, None
+    try:
+        out = ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        problem = f"{stage} {_reason(exc)}"
+        print(f"failed {variant}-s{seed} {_reason(exc)}", file=sys.stderr, flush=True)
+    except ray.exceptions.RayError as exc:  # worker or node died more often than --retries
+        problem = f"{stage}: {type(exc).__name__}"
+        print(f"failed {variant}-s{seed}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+              file=sys.stderr, flush=True)
+    close_orphans(client, experiment_id, sweep_id, stage)
+    if out is None:
+        return None, problem
+    if fingerprint() != deps:
+        print(f"not committed {stage}: code, params or data changed during the sweep", file=sys.stderr, flush=True)
+        return None, f"{stage}: code, params or data changed during the sweep; not committed"
+    with signals_deferred():
+        write_record(paths.result_dir(variant, seed), out["record"], out["history"])
+        commit(stage)
+    return (f"done {variant}-s{seed} on {out['node']}: test accuracy {out['record']['test_accuracy']:.4f}, "
+            f"{out['seconds']:.1f} s"), None
 
 
 def _reason(exc) -> str:
