@@ -22,9 +22,11 @@ from conftest import VENV_BIN, make_project_copy, subprocess_env, tiny_params
 from mlflow.entities import ViewType
 from ray.cluster_utils import Cluster
 
+from pipeline import metric_names
+
 pytestmark = pytest.mark.slow
 
-METRICS = {"test_loss", "test_accuracy", "train_loss", "train_accuracy", "train_seconds", "images_per_second"}
+METRICS = {*metric_names.EPOCH.values(), *metric_names.TIMING.values()}  # per-epoch curves, timing
 
 
 def _project(tmp_path: Path, variants: tuple[str, ...], seeds: list[int], epochs: int = 1, **env
@@ -235,7 +237,7 @@ def test_eight_concurrent_trainings_into_one_tracking_server(tmp_path):
         assert _by_status(runs) == {"FINISHED": sorted(f"{v}-s{s}" for v in ("plain", "dropout") for s in range(4))}
         for run in runs:
             assert METRICS <= set(run.data.metrics), run.info.run_name
-            assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 1
+            assert len(client.get_metric_history(run.info.run_id, metric_names.TEST_ACCURACY)) == 1
             assert "predictions.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
             (output,) = run.outputs.model_outputs
             assert client.get_logged_model(output.model_id).name == "model"
