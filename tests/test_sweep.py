@@ -240,7 +240,7 @@ def test_eight_concurrent_trainings_into_one_tracking_server(tmp_path):
             assert len(client.get_metric_history(run.info.run_id, metric_names.TEST_ACCURACY)) == 1
             assert "predictions.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
             (output,) = run.outputs.model_outputs
-            assert client.get_logged_model(output.model_id).name == "model"
+            assert client.get_logged_model(output.model_id).name == f"lenet5-{run.info.run_name}"
         # They ran at once: the most runs open at one moment.
         events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
         open_now = peak = 0
