@@ -15,7 +15,6 @@ TensorFlow only after its thread counts are in the environment.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -66,15 +65,10 @@ class Job:
 
 
 def digest(prepared: Path, split: str) -> str:
-    """The digest ``normalize`` writes into data/summary.json for one split."""
-    def sha(path: Path) -> str:
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-        return h.hexdigest()[:16]
+    """The digest ``normalize`` writes into data/summary.json for one split (its own file hash)."""
+    from pipeline.normalize import _sha256
 
-    return sha(prepared / f"x_{split}.npy") + sha(prepared / f"y_{split}.npy")
+    return _sha256(prepared / f"x_{split}.npy")[:16] + _sha256(prepared / f"y_{split}.npy")[:16]
 
 
 def pack_prepared(prepared: Path) -> dict[str, bytes]:
