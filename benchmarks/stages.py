@@ -137,13 +137,14 @@ def choose_mirror(plan: Plan) -> str | None:
 
 
 def stage_params(plan: Plan, base: dict) -> dict:
-    """params.yaml for the copy: 1 epoch; in quick mode the fixture subset and one variant."""
+    """params.yaml for the copy: 1 epoch; in quick mode the fixture subset, one variant and one seed."""
     params = copy.deepcopy(base)
     params["train"]["epochs"] = 1
     if plan.quick:
         params["download"]["mirrors"] = []
         params["download"]["files"] = fixture_pins()
         params["variants"] = {plan.variants[0]: params["variants"][plan.variants[0]]}  # one stage is enough to check
+        params["seeds"] = params["seeds"][:1]
     return params
 
 

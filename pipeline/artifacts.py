@@ -5,7 +5,7 @@ per-epoch history.
 Out: ``write_artifacts(out, ...)`` fills a folder that becomes the run's artifacts
 (``predictions.csv``, ``confusion_matrix.csv/.png``, ``history.csv``, ``model_summary.txt``,
 ``bn_weights/``); ``write_record`` writes the DVC record (``record.json``, ``metrics.json``,
-``history.csv``) atomically, file by file.
+``history.csv``, ``convergence.csv``) atomically, file by file.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,13 +79,15 @@ def write_bn_weights(bn_dir: Path, model, spec: VariantSpec) -> None:
     figures.bn_distributions({spec.name: weights}, bn_dir / "distributions.png")
 
 
-def write_record(record_dir: Path, record: dict, history: list[dict]) -> None:
+def write_record(record_dir: Path, record: dict, history: list[dict], convergence: Sequence[dict] = ()) -> None:
     """The DVC record of one training: ``record.json`` (run id and results), ``metrics.json``
-    (what ``dvc metrics`` compares) and ``history.csv`` (``dvc plots``). Each file appears
-    whole or not at all."""
+    (what ``dvc metrics`` compares), ``history.csv`` and ``convergence.csv`` (``dvc plots``; the
+    latter a header only when convergence was off). Each file appears whole or not at all."""
     record_dir.mkdir(parents=True, exist_ok=True)
     writers: dict[str, Callable[[Path], object]] = {
         "history.csv": lambda p: pd.DataFrame(history).to_csv(p, index=False),
+        "convergence.csv": lambda p: pd.DataFrame(list(convergence), columns=["step", "test_accuracy"]).to_csv(
+            p, index=False),
         "metrics.json": lambda p: p.write_text(json.dumps({k: record[k] for k in RECORD_METRICS}, indent=2) + "\n"),
         "record.json": lambda p: p.write_text(json.dumps(record, indent=2) + "\n"),
     }

@@ -26,9 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
-import keras
 import numpy as np
 
+from pipeline.checkpoints import StepCheckpoints
 from pipeline.coadaptation import coadaptation, coadaptation_difference, mean_abs_correlation
 from pipeline.probes import make_probe_model, output_key, probe_activations, probe_points
 from pipeline.variance_shift import shift_from_ratios, variance_ratios, variance_shift
@@ -104,13 +104,11 @@ def probe_stats(acts: dict[str, np.ndarray]) -> dict[str, float]:
     return record
 
 
-class CovariateShiftMonitor(keras.callbacks.Callback):
+class CovariateShiftMonitor(StepCheckpoints):
     """Watches the distribution of every probe point on a fixed batch during ``fit``.
 
-    ``step`` is the number of optimizer updates done when the record is taken, counted
-    across epochs (and across repeated ``fit`` calls with the same monitor). A record is
-    taken before the first update (step 0) and then every ``every_n_batches`` updates;
-    with ``steps_per_execution`` > 1 it is taken at the first step on or past each multiple.
+    Records are taken at the checkpoints of ``pipeline.checkpoints.StepCheckpoints``: before
+    the first update (step 0), then every ``every_n_batches`` updates, and at ``finish()``.
     Each record is ``on_record(step, {f"{point}.{stat}": float}, coadaptation)`` with stat
     in ``PROBE_STATS``; it is also appended to ``self.history`` as ``(step, dict)``.
 
@@ -118,50 +116,21 @@ class CovariateShiftMonitor(keras.callbacks.Callback):
     that layer's output, and ``coadaptation`` is its ``mean_abs_correlation`` (kept in
     ``self.coadaptation_history`` as ``(step, value)``); otherwise it is None. With
     ``covariate_shift=False`` only that layer is computed and the records are empty dicts.
-
-    The monitor only hooks the *start* of a batch and the end of an epoch: a hook at the
-    end of every batch would make Keras convert each step's logs to Python numbers, a
-    device sync per step that slows training by several percent.
     """
 
     def __init__(self, probe_x, every_n_batches: int,
                  on_record: Callable[[int, dict, float | None], None] | None = None,
                  coadaptation_layer: str | None = None, covariate_shift: bool = True):
-        super().__init__()
-        if every_n_batches < 1:
-            raise ValueError(f"every_n_batches must be >= 1, got {every_n_batches}")
+        super().__init__(every_n_batches)
         if not covariate_shift and not coadaptation_layer:
             raise ValueError("nothing to record: covariate_shift is off and no coadaptation_layer is given")
         self.covariate_shift = covariate_shift
         self.probe_x = probe_x
-        self.every = int(every_n_batches)
         self.on_record = on_record
         self.coadaptation_layer = coadaptation_layer
         self.history: list[tuple[int, dict[str, float]]] = []
         self.coadaptation_history: list[tuple[int, float]] = []
         self.last_output: np.ndarray | None = None  # the co-adaptation layer's output at the last record
-        self._epoch_base = 0  # updates done before the current epoch
-        self._epoch_last = -1  # index of the last batch begun in this epoch
-        self.steps_done = 0  # optimizer updates done by the end of the last finished epoch
-        self._next = 0  # next step at which to record
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_base = self.steps_done
-        self._epoch_last = -1
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._epoch_last = batch
-        step = self._epoch_base + batch
-        if step >= self._next:
-            self.record(step)
-            self._next = (step // self.every + 1) * self.every
-
-    def on_epoch_end(self, epoch, logs=None):
-        steps = (self.params or {}).get("steps")
-        if not steps:  # an input of unknown length: the last batch begun, and one execution
-            spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
-            steps = self._epoch_last + spe if self._epoch_last >= 0 else 0
-        self.steps_done = self._epoch_base + int(steps)
 
     def record(self, step: int) -> dict[str, float]:
         layer = self.coadaptation_layer

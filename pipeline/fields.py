@@ -93,11 +93,14 @@ def _backend(value: Any) -> str:
     return value
 
 
+MAX_SEED = 2**32  # NumPy's legacy seeding (which Keras' set_random_seed uses) refuses larger seeds
+
+
 def _seeds(value: Any) -> list[int]:
     if not isinstance(value, list) or not value:
         raise ValueError("must be a non-empty list of integers")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-        raise ValueError("must hold integers >= 0")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_SEED for s in value):
+        raise ValueError(f"must hold integers from 0 to {MAX_SEED - 1} (NumPy's seed range)")
     if len(set(value)) != len(value):
         raise ValueError("must not repeat a seed")
     return value

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -30,7 +30,7 @@ def confusion_matrix(cm: np.ndarray, path: Path, title: str) -> None:
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title, xticks=range(10), yticks=range(10))
-    _save(fig, path)
+    save(fig, path)
 
 
 def bn_distributions(weights: dict[str, dict[str, dict[str, np.ndarray]]], path: Path) -> None:
@@ -57,7 +57,7 @@ def bn_distributions(weights: dict[str, dict[str, dict[str, np.ndarray]]], path:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Learned batch-norm parameters", fontsize=11)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def learning_curves(curves, path: Path) -> None:
@@ -74,7 +74,7 @@ def learning_curves(curves, path: Path) -> None:
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def accuracy_bars(table, path: Path) -> None:
@@ -94,7 +94,7 @@ def accuracy_bars(table, path: Path) -> None:
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def covariate_shift_grid(histories: dict, points: list[str], path: Path) -> None:
@@ -122,7 +122,7 @@ def covariate_shift_grid(histories: dict, points: list[str], path: Path) -> None
     fig.suptitle("Input to each tanh on the probe batch: median, band = 15th–85th percentile",
                  fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def grouped_bars(values: dict[str, dict[str, float]], path: Path, ylabel: str, title: str, hline: float | None = None,
@@ -144,7 +144,7 @@ def grouped_bars(values: dict[str, dict[str, float]], path: Path, ylabel: str, t
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def series_over_steps(series: dict, path: Path, ylabel: str, title: str) -> None:
@@ -156,4 +156,4 @@ def series_over_steps(series: dict, path: Path, ylabel: str, title: str) -> None
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)

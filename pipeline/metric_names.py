@@ -7,6 +7,8 @@ before its last ``/``, orders the sections alphabetically (names without a ``/``
 
 - ``by_epoch/{test,train}_{accuracy,loss}``: one point per epoch (step = epoch, 1-based); the
   latest point, which is what the runs table shows, is the final one (test accuracy first);
+- ``convergence/test_accuracy``: accuracy on the first ``convergence.images`` test images, step =
+  optimizer step (every ``convergence.every_steps``, from 0 to the end of training);
 - ``diagnostics/coadaptation/fc1``, ``diagnostics/covariate_shift/<point>/<stat>`` (step =
   optimizer step; the latest point is the end of training) and
   ``diagnostics/variance_shift/<bn layer>`` (once, at the end);
@@ -31,7 +33,11 @@ EPOCH = {"train_loss": TRAIN_LOSS, "train_accuracy": TRAIN_ACCURACY, "test_loss"
 TRAIN_SECONDS = "timing/train_seconds"
 IMAGES_PER_SECOND = "timing/images_per_second"
 DIAGNOSTICS_FINAL_SECONDS = "timing/diagnostics_final_seconds"
-TIMING = {"train_seconds": TRAIN_SECONDS, "images_per_second": IMAGES_PER_SECOND}
+CONVERGENCE_SECONDS = "timing/convergence_seconds"
+TIMING = {"train_seconds": TRAIN_SECONDS, "images_per_second": IMAGES_PER_SECOND,
+          "convergence_seconds": CONVERGENCE_SECONDS}
+
+CONVERGENCE_ACCURACY = "convergence/test_accuracy"
 
 DIAGNOSTICS_GROUP = "diagnostics"
 COADAPTATION_FC1 = f"{DIAGNOSTICS_GROUP}/coadaptation/fc1"

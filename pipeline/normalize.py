@@ -4,7 +4,8 @@ In: ``data/raw/*.gz`` (verified by ``download``); ``params.yaml`` sections
 ``download.files`` (which files) and ``normalize`` (``scale``: pixels are divided by it).
 Out: ``data/prepared/{x_train,y_train,x_test,y_test}.npy`` (x: float32 in [0, 1],
 shape (N, 28, 28, 1), memory-mappable; y: uint8 in 0..9) and ``data/summary.json``
-(counts per class, pixel mean and std, a digest per split) that DVC tracks as metrics.
+(counts per class, pixel mean and std, a digest per split; see ``split_digest``), a DVC
+output that every training logs with its run.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def split_digest(prepared: Path, split: str) -> str:
+    """A split's digest in data/summary.json: the first 16 hex digits of the SHA-256 of its
+    ``x_<split>.npy`` then of its ``y_<split>.npy``."""
+    return _sha256(prepared / f"x_{split}.npy")[:16] + _sha256(prepared / f"y_{split}.npy")[:16]
+
+
 def normalize(settings: NormalizeSettings, raw_dir: Path = paths.RAW, out_dir: Path = paths.PREPARED,
               summary_path: Path = paths.DATA_SUMMARY) -> dict:
     scale = settings.scale
@@ -79,7 +86,7 @@ def normalize(settings: NormalizeSettings, raw_dir: Path = paths.RAW, out_dir: P
                 "pixel_mean": round(float(x.mean(dtype=np.float64)), 6),
                 "pixel_std": round(float(x.std(dtype=np.float64)), 6),
                 "class_counts": {str(c): int(n) for c, n in enumerate(counts)},
-                "digest": _sha256(tmp / f"x_{split}.npy")[:16] + _sha256(tmp / f"y_{split}.npy")[:16],
+                "digest": split_digest(tmp, split),
             }
             log.info("%s: %d images, pixel mean %.4f, std %.4f", split, len(y),
                      summary[split]["pixel_mean"], summary[split]["pixel_std"])

@@ -3,7 +3,7 @@
 In: the path of a params file (``params.yaml`` at the project root by default), or the
 mapping already read from one.
 Out: a frozen ``Params`` with one typed section per stage (``download``, ``normalize``,
-``mlflow``, ``train``, ``seeds``, ``variants``, ``diagnostics``, ``compare``). Every
+``mlflow``, ``train``, ``seeds``, ``variants``, ``diagnostics``, ``convergence``, ``compare``). Every
 problem becomes a ``UserError`` whose one line names the field and says what is allowed:
 ``params: 'train.epochs' = 0 is invalid: must be > 0``; unknown fields are listed with the
 allowed names; a YAML syntax error carries its line and column.
@@ -126,9 +126,27 @@ class DiagnosticsSettings(Section):
         return self.enabled and (self.covariate_shift or self.coadaptation or self.variance_shift)
 
 
+class ConvergenceSettings(Section):
+    """Convergence speed (Ioffe & Szegedy 2015, Fig. 1a): accuracy on held-out images every
+    ``every_steps`` optimizer steps, and the accuracies whose steps-to-reach the report tables."""
+
+    enabled: Bool = True
+    every_steps: PositiveInt = 100
+    images: PositiveInt = 2000      # the first N test images (the probe batch is the last ones)
+    targets: list[Probability] = [0.95, 0.97, 0.98]
+
+
 class ReferenceResult(Section):
     loss: PositiveFloat
     accuracy: Probability
+
+
+class Conclusion(Section):
+    """A claim of the notebook and what would make it true: in each ``[a, b]`` of ``holds_if``,
+    variant ``a`` has the higher test accuracy."""
+
+    claim: str
+    holds_if: list[tuple[Name, Name]]
 
 
 class CompareSettings(Section):
@@ -137,6 +155,7 @@ class CompareSettings(Section):
     control: Name | None = None
     pairs: list[tuple[Name, Name]] = []
     reference: dict[str, ReferenceResult] = {}
+    conclusions: list[Conclusion] = []
 
 
 class Params(Section):
@@ -147,6 +166,7 @@ class Params(Section):
     seeds: Seeds
     variants: dict[str, VariantSpec]
     diagnostics: DiagnosticsSettings = DiagnosticsSettings()
+    convergence: ConvergenceSettings = ConvergenceSettings()
     compare: CompareSettings = CompareSettings()
 
     @model_validator(mode="before")

@@ -189,7 +189,7 @@ def _land(ref, variant: str, seed: int, client, experiment_id: str, sweep_id: st
         print(f"not committed {stage}: code, params or data changed during the sweep", file=sys.stderr, flush=True)
         return None, f"{stage}: code, params or data changed during the sweep; not committed"
     with signals_deferred():
-        write_record(paths.result_dir(variant, seed), out["record"], out["history"])
+        write_record(paths.result_dir(variant, seed), out["record"], out["history"], out["convergence"])
         commit(stage)
     return (f"done {variant}-s{seed} on {out['node']}: test accuracy {out['record']['test_accuracy']:.4f}, "
             f"{out['seconds']:.1f} s"), None

@@ -66,9 +66,9 @@ class Job:
 
 def digest(prepared: Path, split: str) -> str:
     """The digest ``normalize`` writes into data/summary.json for one split (its own file hash)."""
-    from pipeline.normalize import _sha256
+    from pipeline.normalize import split_digest
 
-    return _sha256(prepared / f"x_{split}.npy")[:16] + _sha256(prepared / f"y_{split}.npy")[:16]
+    return split_digest(prepared, split)
 
 
 def pack_prepared(prepared: Path) -> dict[str, bytes]:
@@ -147,5 +147,6 @@ def run_training(job: Job) -> dict:
     except Exception as exc:  # one line for the driver, with the node
         first = (str(exc).strip().splitlines() or [""])[0]
         raise RuntimeError(f"on {node}: {type(exc).__name__}: {first}") from exc
-    return {"record": result.record, "history": result.history, "run_id": result.run_id, "node": node,
+    return {"record": result.record, "history": result.history, "convergence": result.convergence,
+            "run_id": result.run_id, "node": node,
             "node_ip": ip, "threads": threads, "seconds": time.perf_counter() - start}

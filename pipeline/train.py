@@ -1,7 +1,7 @@
 """Stage ``train``: one LeNet-5 variant, one seed, one MLflow run.
 
 In: ``data/prepared`` (made first if missing), ``params.yaml`` (the whole file is validated;
-this stage reads ``variants.<name>``, ``train``, ``mlflow`` and ``diagnostics``) and
+this stage reads ``variants.<name>``, ``train``, ``mlflow``, ``diagnostics`` and ``convergence``) and
 command-line overrides (``--epochs`` …) for ``mlflow run``. The seed fixes Python, NumPy,
 initialisers, shuffling and dropout masks, with the backend's deterministic mode on
 (``train.backend``: TensorFlow or JAX, see ``pipeline.backend``), so a (variant, seed)
@@ -9,11 +9,12 @@ pair gives the same numbers twice on one machine.
 
 Out: an MLflow run ``<variant>-s<seed>`` in the study's experiment holding the resolved
 settings as params, per-epoch metrics (names in ``pipeline.metric_names``), BN weights,
-predictions, confusion matrix, model summary, diagnostics, and the Keras model: a logged
+predictions, confusion matrix, model summary, diagnostics, the held-out accuracy every
+``convergence.every_steps`` optimizer steps, and the Keras model: a logged
 model ``lenet5-<variant>-s<seed>`` carrying the final epoch's metrics with their datasets,
 also registered as a version of the registered model named like the experiment, with alias
 ``<variant>-s<seed>``; with ``--record DIR`` also the
-DVC record in ``DIR`` (``record.json``, ``metrics.json``, ``history.csv``), written only
+DVC record in ``DIR`` (``record.json``, ``metrics.json``, ``history.csv``, ``convergence.csv``), written only
 after the run finished. ``train(...)`` returns all of it as a ``TrainResult``.
 """
 
@@ -34,6 +35,7 @@ from pipeline import backend, metric_names, paths, tracking
 from pipeline.artifacts import write_artifacts, write_record
 from pipeline.cli import TRAIN_OVERRIDE_FLAGS, run_main, train_overrides, whole_number
 from pipeline.errors import UserError
+from pipeline.fields import MAX_SEED
 from pipeline.inputs import ensure_prepared, fit_inputs, load_data
 from pipeline.logged_model import log_model
 from pipeline.params import Params, VariantSpec
@@ -89,6 +91,7 @@ class TrainResult:
     metrics: dict[str, float]
     record: dict[str, Any]
     diagnostics_seconds: float = 0.0
+    convergence: list[dict] = field(default_factory=list)  # {"step", "test_accuracy"} (convergence.csv)
 
 
 # --- The steps --------------------------------------------------------------------------------
@@ -99,8 +102,8 @@ def resolve(variant: str, seed: int, params: Params, prepared: Path | None) -> T
     import json
 
     spec = params.variant(variant)
-    if seed < 0:
-        raise UserError(f"--seed = {seed} is invalid: must be >= 0")
+    if not 0 <= seed < MAX_SEED:
+        raise UserError(f"--seed = {seed} is invalid: must be from 0 to {MAX_SEED - 1}")
     experiment_id = tracking.prepare_experiment(params.mlflow.experiment)
     if prepared is None:
         ensure_prepared(params)
@@ -158,7 +161,25 @@ def flat_params(setup: TrainSetup, data: dict) -> dict[str, Any]:
     for split in ("train", "test"):
         flat[f"data.{split}_digest"] = setup.data_summary.get(split, {}).get("digest", "")
     flat.update({f"diagnostics.{k}": v for k, v in setup.params.diagnostics.model_dump().items()})
+    convergence = setup.params.convergence
+    flat.update({"convergence.enabled": convergence.enabled, "convergence.every_steps": convergence.every_steps,
+                 "convergence.images": min(convergence.images, len(data["y_test"]))})
     return flat
+
+
+def convergence_monitor(setup: TrainSetup, data: dict):
+    """The held-out accuracy every ``convergence.every_steps`` steps, logged as it is measured; None when off."""
+    import mlflow
+
+    from pipeline.convergence import ConvergenceMonitor
+
+    settings = setup.params.convergence
+    if not settings.enabled:
+        return None
+    n = min(settings.images, len(data["y_test"]))
+    return ConvergenceMonitor(data["x_test"][:n], data["y_test"][:n], settings.every_steps,
+                              lambda step, accuracy: mlflow.log_metric(metric_names.CONVERGENCE_ACCURACY, accuracy,
+                                                                       step=step))
 
 
 def fit(model, data: dict, setup: TrainSetup, options: TrainOptions, callbacks: list
@@ -215,10 +236,15 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
     model = build(setup, options)
     diag = RunDiagnostics(setup.params.diagnostics, model, data["x_test"]) if setup.params.diagnostics.any else None
     callbacks = [diag.monitor] if diag is not None and diag.monitor is not None else []
+    convergence = convergence_monitor(setup, data)
+    callbacks += [convergence] if convergence is not None else []
     with tracking.mlflow_run(setup.experiment_id, setup.run_name, run_tags(setup, dvc_stage)) as run:
         datasets = log_setup(setup, model, data)
         _say_start(setup, model, data, run.info.run_id)
         history, speed = fit(model, data, setup, options, callbacks)
+        if convergence is not None:
+            convergence.finish()
+            speed["convergence_seconds"] = convergence.seconds
         # The last epoch's test metrics are the final ones; logging them again (at step 0)
         # would add a spurious point to the per-epoch curves.
         mlflow.log_metrics({metric_names.TIMING[k]: v for k, v in speed.items()})
@@ -228,10 +254,11 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
                              alias=setup.run_name, tags={"variant": setup.spec.name, "seed": str(setup.seed)})
     metrics = {"test_loss": history[-1]["test_loss"], "test_accuracy": history[-1]["test_accuracy"], **speed}
     result = TrainResult(run.info.run_id, run.info.experiment_id, model_id, model, history, metrics,
-                         _record(setup, run.info, metrics, model), diag_seconds)
+                         _record(setup, run.info, metrics, model), diag_seconds,
+                         convergence.curve if convergence is not None else [])
     _say_done(setup, result)
     if record_dir is not None:
-        write_record(record_dir, result.record, history)
+        write_record(record_dir, result.record, history, result.convergence)
     return result
 
 
@@ -252,8 +279,10 @@ def _say_start(setup: TrainSetup, model, data: dict, run_id: str) -> None:
 
 def _say_done(setup: TrainSetup, result: TrainResult) -> None:
     m = result.metrics
+    checks = f", held-out checks {m['convergence_seconds']:.1f} s of it" if "convergence_seconds" in m else ""
     print(f"done {setup.run_name}: test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}, "
-          f"{m['train_seconds']:.1f} s ({m['images_per_second']:.0f} images/s); run {result.run_id}", flush=True)
+          f"{m['train_seconds']:.1f} s ({m['images_per_second']:.0f} images/s{checks}); run {result.run_id}",
+          flush=True)
 
 
 def _git_commit() -> str:

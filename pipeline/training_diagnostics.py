@@ -59,8 +59,8 @@ class RunDiagnostics:
         summary: dict = {"probe_size": len(self.probe_x), "every_n_batches": self.settings.every_n_batches}
         metrics: dict[str, float] = {}
         monitor = self.monitor
-        if monitor is not None and (not monitor.history or monitor.history[-1][0] < monitor.steps_done):
-            monitor.record(monitor.steps_done)  # the end of training is a checkpoint too
+        if monitor is not None:
+            monitor.finish()  # the end of training is a checkpoint too
         if self.settings.covariate_shift:
             self._finish_covariate_shift(out, title, summary)
         if self.settings.coadaptation:

@@ -21,12 +21,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def tiny_params(**train_overrides) -> dict:
-    """params.yaml as committed, pointed at the fixture subset and shrunk to 1 epoch."""
+    """params.yaml as committed, pointed at the fixture subset and shrunk to 1 epoch and 1 seed."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params = copy.deepcopy(params)
     params["download"]["mirrors"] = []
     params["download"]["files"] = fixture_pins()
     params["train"].update({"epochs": 1, "batch_size": 128, **train_overrides})
+    params["seeds"] = [0]
     params["mlflow"]["experiment"] = "test-study"
     return params
 

@@ -359,7 +359,8 @@ def test_same_seed_same_numbers_other_seed_other_numbers(env):
 
 def test_record_matches_the_run(env, bn_all):
     record_dir = env.root / "record"
-    assert sorted(p.name for p in record_dir.iterdir()) == ["history.csv", "metrics.json", "record.json"]
+    assert sorted(p.name for p in record_dir.iterdir()) == ["convergence.csv", "history.csv", "metrics.json",
+                                                            "record.json"]
     record = json.loads((record_dir / "record.json").read_text())
     metrics = bn_all.run.data.metrics
     # dvc metrics shows only what a user compares: the test metrics of the run
@@ -378,6 +379,13 @@ def test_record_matches_the_run(env, bn_all):
         np.testing.assert_allclose(history[key], [m.value for m in logged], rtol=1e-12)
     artifact_history = pd.read_csv(bn_all.artifacts / "history.csv")
     pd.testing.assert_frame_equal(artifact_history, history)
+
+    # 2 epochs of 3 steps, a point every 100 steps: before the first update and at the end
+    convergence = pd.read_csv(record_dir / "convergence.csv")
+    logged = sorted(env.client.get_metric_history(bn_all.run_id, metric_names.CONVERGENCE_ACCURACY),
+                    key=lambda m: m.step)
+    assert convergence["step"].tolist() == [m.step for m in logged] == [0, 6]
+    np.testing.assert_allclose(convergence["test_accuracy"], [m.value for m in logged], rtol=1e-12)
 
 
 # --- bad input fails before any run ----------------------------------------------------------
@@ -547,6 +555,34 @@ def _train_with_diagnostics(env: Env, name: str, **switches) -> tuple[object, se
     record = train("bn_hidden", 0, params_path=path, prepared=env.prepared).record
     run = env.client.get_run(record["run_id"])
     return run, {a.path for a in env.client.list_artifacts(record["run_id"], "diagnostics")}
+
+
+def _train_with_convergence(env: Env, name: str, **settings) -> tuple[object, object]:
+    params = tiny_params(train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT, epochs=2)
+    params["convergence"].update(settings)
+    path = env.root / f"params-{name}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    result = train("bn_dropout", 3, params_path=path, prepared=env.prepared)
+    return result, env.client.get_run(result.run_id)
+
+
+def test_convergence_is_measured_every_k_steps_and_leaves_training_unchanged(env, held_out):
+    on, run_on = _train_with_convergence(env, "conv-every-2", every_steps=2, images=50)
+    off, run_off = _train_with_convergence(env, "conv-off", enabled=False)
+    # 2 epochs of 3 steps (300 images, batch 128): steps 0, 2, 4 and the end of training
+    assert [point["step"] for point in on.convergence] == [0, 2, 4, 6]
+    logged = sorted(env.client.get_metric_history(on.run_id, metric_names.CONVERGENCE_ACCURACY), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in logged] == [(p["step"], p["test_accuracy"]) for p in on.convergence]
+    # the last point is the final model's accuracy on the first 50 test images
+    x, y = held_out
+    final = (on.model.predict(x[:50], verbose=0).argmax(axis=1) == y[:50]).mean()
+    assert on.convergence[-1]["test_accuracy"] == pytest.approx(final, abs=1e-9)
+    assert run_on.data.params["convergence.every_steps"] == "2" and run_on.data.params["convergence.images"] == "50"
+    assert 0 < run_on.data.metrics[metric_names.CONVERGENCE_SECONDS] < run_on.data.metrics[metric_names.TRAIN_SECONDS]
+    # measuring reads the weights only: the same seed trains to the same numbers without it
+    assert off.convergence == [] and metric_names.CONVERGENCE_ACCURACY not in run_off.data.metrics
+    for key in metric_names.EPOCH.values():
+        assert run_on.data.metrics[key] == run_off.data.metrics[key], key
 
 
 def test_each_diagnostic_can_be_switched_off(env):
