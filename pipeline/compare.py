@@ -5,8 +5,10 @@ stages' records ``results/<variant>-s<seed>/record.json``: they name exactly the
 current pipeline state produced, so older and failed runs in the store never leak in.
 The runs' params, metrics, metric histories and artifacts are read back from MLflow
 (``pipeline.runs``).
-Out: ``reports/comparison.md`` (rendered by ``pipeline.report``), ``comparison.csv`` (one row
-per variant), ``significance.csv`` (one row per compared pair, with its verdict),
+Out: ``reports/comparison.md`` (rendered by ``pipeline.report``: the notebook's conclusions judged
+(``pipeline.conclusions``), the results, which differences are real, convergence speed
+(``pipeline.convergence_report``), figures, diagnostics), ``comparison.csv`` (one row per
+variant), ``significance.csv`` (one row per compared pair, with its verdict),
 ``reports/figures/*.png``, ``reports/metrics.json`` (for ``dvc metrics``/``dvc exp show``),
 and a ``comparison`` run in the same MLflow experiment holding the tables and figures, whose
 description is the report with figures and runs linked for the MLflow UI.
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import diagnostics_report, figures, paths, report, stats, tracking
+from pipeline import conclusions, convergence_report, diagnostics_report, figures, paths, report, stats, tracking
 from pipeline.cli import run_main
 from pipeline.params import CompareSettings, Params, VariantSpec
 from pipeline.runs import RunData, RunKey, check_records_match, fetch_runs, read_records
@@ -32,6 +34,7 @@ from pipeline.runs import RunData, RunKey, check_records_match, fetch_runs, read
 log = logging.getLogger("pipeline.compare")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+DESCRIPTION_LIMIT = 8000  # MLflow truncates a tag value (the run description is one) beyond this many characters
 SIGNIFICANCE_COLUMNS = ["a", "b", "diff_pp", "only_a_right", "only_b_right", "mcnemar_p", "mcnemar_p_per_seed",
                         "seed_t_p", "test", "p", "p_holm", "verdict"]
 
@@ -69,10 +72,12 @@ def variant_table(runs: dict[RunKey, RunData], specs: dict[str, VariantSpec], re
 
 
 def compared_pairs(variants: list[str], settings: CompareSettings) -> list[tuple[str, str]]:
-    """Each pair the notebook compared (where both were trained), then every variant against the control."""
+    """Each pair the notebook compared and each pair its conclusions rest on (where both were trained),
+    then every variant against the control; a pair is compared once, in its first orientation."""
     pairs: list[tuple[str, str]] = []
-    for a, b in settings.pairs:
-        if a in variants and b in variants and (a, b) not in pairs:
+    claimed = [pair for conclusion in settings.conclusions for pair in conclusion.holds_if]
+    for a, b in [*settings.pairs, *claimed]:
+        if a in variants and b in variants and (a, b) not in pairs and (b, a) not in pairs:
             pairs.append((a, b))
     control = settings.control
     if control in variants:
@@ -131,13 +136,42 @@ def _publish(staging: Path, reports: Path) -> None:
         os.replace(item, reports / item.name)
 
 
-def metrics_summary(table: pd.DataFrame, significance: pd.DataFrame, diagnostics) -> dict:
-    """What ``reports/metrics.json`` holds for ``dvc metrics``: rounded means, verdict numbers, diagnostics."""
+def judge_conclusions(runs: dict[RunKey, RunData], significance: pd.DataFrame, params: Params
+                      ) -> list[conclusions.Judgement]:
+    """The notebook's conclusions (``compare.conclusions``) against the study's runs."""
+    accuracy: dict[str, list[float]] = {}
+    for (variant, _), run in sorted(runs.items()):
+        accuracy.setdefault(variant, []).append(run.test_accuracy)
+    settings = params.compare
+    return conclusions.judge(settings.conclusions, significance, accuracy, settings.alpha, settings.confidence)
+
+
+def convergence_speed(runs: dict[RunKey, RunData], params: Params, figures_dir: Path) -> report.Convergence | None:
+    """Steps to each target accuracy per variant, the curves' figure, and what measuring them cost;
+    None when no run measured convergence."""
+    curves = {key: run.convergence for key, run in runs.items() if len(run.convergence)}
+    if not curves:
+        return None
+    targets = params.convergence.targets
+    steps = convergence_report.steps_table(curves, list(params.variants), targets)
+    convergence_report.figure(curves, figures_dir / "convergence.png", targets, params.convergence.images)
+    measured = [run for run in runs.values() if len(run.convergence)]
+    share = float(np.nanmean([run.convergence_seconds / run.train_seconds for run in measured]))
+    return report.Convergence(steps, targets, "convergence.png", share, len(measured))
+
+
+def metrics_summary(table: pd.DataFrame, significance: pd.DataFrame, diagnostics,
+                    judgements: list[conclusions.Judgement] = (), convergence: report.Convergence | None = None) -> dict:
+    """What ``reports/metrics.json`` holds for ``dvc metrics``: rounded means, verdict numbers, the conclusions'
+    verdicts, steps to the target accuracies, diagnostics."""
     metrics = {r.variant: {"test_accuracy": round(r.test_accuracy_mean, 6), "test_loss": round(r.test_loss_mean, 6),
                            "n_seeds": r.n_seeds} for r in table.itertuples()}
     if not significance.empty:
         metrics["significance"] = {f"{r.a}_vs_{r.b}": {"diff_pp": round(r.diff_pp, 4), "p_holm": round(r.p_holm, 6)}
                                    for r in significance.itertuples()}
+    metrics.update(conclusions.metrics(list(judgements)))
+    if convergence is not None:
+        metrics.update(convergence_report.metrics(convergence.steps, convergence.targets))
     metrics.update(diagnostics.metrics if diagnostics else {})
     return metrics
 
@@ -151,13 +185,16 @@ def write_report(runs: dict[RunKey, RunData], table: pd.DataFrame, significance:
         (staging / "figures").mkdir()
         names = draw_figures(runs, table, staging / "figures")
         diagnostics = diagnostics_report.build(runs, params.variants, staging / "figures")
+        judgements = judge_conclusions(runs, significance, params)
+        convergence = convergence_speed(runs, params, staging / "figures")
         any_run = next(iter(runs.values()))
         data = report.ReportData(table, significance, params, params.mlflow.experiment, report.store_label(uri),
-                                 names, diagnostics, n_train=any_run.n_train, n_test=len(any_run.correct))
+                                 names, diagnostics, n_train=any_run.n_train, n_test=len(any_run.correct),
+                                 conclusions=judgements, convergence=convergence)
         table.to_csv(staging / "comparison.csv", index=False)
         significance.to_csv(staging / "significance.csv", index=False)
         (staging / "comparison.md").write_text(report.render(data))
-        metrics = metrics_summary(table, significance, diagnostics)
+        metrics = metrics_summary(table, significance, diagnostics, judgements, convergence)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _publish(staging, reports)
     finally:
@@ -175,17 +212,33 @@ def log_summary_run(uri: str, experiment_id: str, data: report.ReportData, repor
     with mlflow.start_run(experiment_id=experiment_id, run_name="comparison",
                           tags={"pipeline.kind": "comparison", "pipeline.runs": " ".join(run_ids)}) as run:
         links = report.Links.mlflow_ui(artifacts_run_id=run.info.run_id, experiment_id=experiment_id)
-        mlflow.set_tag("mlflow.note.content", report.render(data, links))
+        mlflow.set_tag("mlflow.note.content", report.render_description(data, links, DESCRIPTION_LIMIT))
         mlflow.log_table(data=data.table, artifact_file="comparison_table.json")
         if not data.significance.empty:
             mlflow.log_table(data=data.significance, artifact_file="significance_table.json")
         for v in data.table.itertuples():
             mlflow.log_metric(f"{v.variant}.test_accuracy_mean", v.test_accuracy_mean)
             mlflow.log_metric(f"{v.variant}.test_loss_mean", v.test_loss_mean)
+        log_findings(data)
         for name in ("comparison.md", "comparison.csv", "significance.csv"):
             mlflow.log_artifact(str(reports / name))
         mlflow.log_artifacts(str(reports / "figures"), artifact_path="figures")
     return run.info.run_id
+
+
+def log_findings(data: report.ReportData) -> None:
+    """The conclusions' verdicts (as numbers, and as tags in words) and the steps to each target accuracy."""
+    import mlflow
+
+    for name, values in conclusions.metrics(data.conclusions).items():
+        mlflow.log_metrics({f"{name}.{key}": value for key, value in values.items()})
+    for n, judgement in enumerate(data.conclusions, start=1):
+        mlflow.set_tag(f"conclusion_{n}", f"{judgement.claim} {judgement.verdict}")
+    if data.convergence is not None:
+        mlflow.log_table(data=data.convergence.steps, artifact_file="convergence_steps.json")
+        for variant, values in convergence_report.metrics(data.convergence.steps, data.convergence.targets
+                                                          ).get("convergence", {}).items():
+            mlflow.log_metrics({f"{variant}.{key}": value for key, value in values.items() if value is not None})
 
 
 def compare(params_path: Path = paths.PARAMS, results: Path = paths.RESULTS, reports: Path = paths.REPORTS) -> pd.DataFrame:

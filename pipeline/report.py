@@ -11,7 +11,7 @@ pages, for that run's description. Tables are ``DataFrame.to_markdown``; nothing
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -57,6 +57,15 @@ class Links:
 FILE_LINKS = Links()
 
 
+@dataclass(frozen=True)
+class Convergence:
+    steps: pd.DataFrame          # pipeline.convergence_report.steps_table
+    targets: list[float]
+    figure: str                  # file name under figures/
+    share_of_training: float     # convergence seconds / training seconds, mean over the runs
+    n_runs: int
+
+
 @dataclass
 class ReportData:
     table: pd.DataFrame          # pipeline.compare.variant_table
@@ -68,6 +77,8 @@ class ReportData:
     diagnostics: object | None   # pipeline.diagnostics_report.DiagnosticsSection
     n_train: int
     n_test: int
+    conclusions: list = field(default_factory=list)   # pipeline.conclusions.Judgement, in params order
+    convergence: Convergence | None = None
 
 
 def store_label(uri: str, root: Path | None = None) -> str:
@@ -126,6 +137,26 @@ def significance_table(significance: pd.DataFrame) -> str:
                                        "Holm-adjusted p"})
 
 
+def steps_table(convergence: Convergence, steps_per_epoch: int) -> str:
+    from pipeline.convergence_report import cell, target_label
+
+    rows = pd.DataFrame({"variant": convergence.steps["variant"], "n": convergence.steps["n_seeds"].map(str)})
+    for target in convergence.targets:
+        rows[f"steps to {target_label(target)}"] = [cell(row, target) for _, row in convergence.steps.iterrows()]
+    table = markdown_table(rows, right=set(rows.columns) - {"variant"})
+    return table + f"\n\n({steps_per_epoch:,} steps make one epoch.)"
+
+
+def pair_evidence(pair) -> str:
+    """One line of evidence: ``bn_hidden − dropout: +5.61 pp (95% interval across 3 seeds …), Holm p = …``."""
+    if pair.n_seeds > 1:
+        spread = f"interval across {pair.n_seeds} seeds {pair.low_pp:+.2f} to {pair.high_pp:+.2f} pp"
+    else:
+        spread = "one seed: no interval across seeds"
+    return (f"{pair.better} − {pair.worse}: {pair.diff_pp:+.2f} pp ({spread}); {pair.test}, "
+            f"Holm-adjusted p = {pair.p_holm:.2g}: {pair.call}")
+
+
 def _diagnostics_tables(section) -> dict:
     tables = {"drift_table": None, "coadaptation_table": None, "variance_shift_table": None}
     if section.drift is not None:
@@ -174,7 +205,8 @@ def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, trim_blocks=True,
                       lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["fmt"] = format
-    env.globals.update(coadaptation_claim=coadaptation_claim, variance_shift_call=variance_shift_call)
+    env.globals.update(coadaptation_claim=coadaptation_claim, variance_shift_call=variance_shift_call,
+                       pair_evidence=pair_evidence)
     return env
 
 
@@ -184,9 +216,11 @@ def render_diagnostics(section, links: Links = FILE_LINKS) -> str:
     return template.render(diagnostics=section, links=links, **_diagnostics_tables(section))
 
 
-def render(data: ReportData, links: Links = FILE_LINKS) -> str:
+def render(data: ReportData, links: Links = FILE_LINKS, diagnostics: bool = True) -> str:
+    """The report; without ``diagnostics`` the diagnostics section is replaced by a pointer to ``comparison.md``."""
     significance = data.significance
     context = {
+        "with_diagnostics": diagnostics,
         "experiment": data.experiment, "store": data.store, "seeds": data.params.seeds,
         "control": data.params.compare.control, "train": data.params.train, "alpha": data.params.compare.alpha,
         "n_train": data.n_train, "n_test": data.n_test, "links": links,
@@ -195,7 +229,24 @@ def render(data: ReportData, links: Links = FILE_LINKS) -> str:
         "significance_table": None if significance.empty else significance_table(significance),
         "verdicts": [] if significance.empty else significance["verdict"].tolist(),
         "figures": [{"name": name, "title": FIGURE_TITLES.get(name, name)} for name in data.figures],
+        "conclusions": data.conclusions, "confidence": data.params.compare.confidence,
+        "convergence": data.convergence, "convergence_settings": data.params.convergence,
+        "steps_table": None if data.convergence is None else steps_table(
+            data.convergence, -(-data.n_train // data.params.train.batch_size)),
         "diagnostics": data.diagnostics,
         **(_diagnostics_tables(data.diagnostics) if data.diagnostics else {}),
     }
     return _environment().get_template("comparison.md.j2").render(context)
+
+
+def render_description(data: ReportData, links: Links, limit: int) -> str:
+    """The report for an MLflow run description, at most ``limit`` characters (MLflow's tag limit):
+    whole when it fits, else without the diagnostics section, else cut at a line with a pointer."""
+    text = render(data, links)
+    if len(text) <= limit:
+        return text
+    text = render(data, links, diagnostics=False)
+    if len(text) <= limit:
+        return text
+    note = "\n\n*(cut to fit MLflow's description limit: the whole report is `comparison.md` among this run's artifacts)*\n"
+    return text[:text.rfind("\n", 0, limit - len(note))] + note

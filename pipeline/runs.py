@@ -4,8 +4,8 @@ In: the training stages' records ``results/<variant>-s<seed>/record.json`` (each
 MLflow run and experiment) and the tracking URI of the store the runs were logged in.
 Out: ``read_records(...)`` returns the records by (variant, seed); ``fetch_runs(records, uri)``
 returns a ``RunData`` per record: the run's final metrics, parameter count, per-image
-correctness (``predictions.csv``), per-epoch test curves, batch-norm weights and
-diagnostics. Missing records, stores, runs or metrics, unfinished runs and records that
+correctness (``predictions.csv``), per-epoch test curves, the held-out accuracy per optimizer
+step, batch-norm weights and diagnostics. Missing records, stores, runs or metrics, unfinished runs and records that
 disagree with their run are refused with a ``UserError`` naming the stage to rerun.
 """
 
@@ -42,6 +42,8 @@ class RunData:
     correct: np.ndarray
     curves: pd.DataFrame                      # epoch, test_accuracy, test_loss
     n_train: int = 0
+    convergence: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["step", "test_accuracy"]))
+    convergence_seconds: float = float("nan")
     bn: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)
 
@@ -103,6 +105,13 @@ def _curves(client, run_id: str) -> pd.DataFrame:
     }).rename_axis("epoch").reset_index()
 
 
+def _convergence(client, run_id: str) -> pd.DataFrame:
+    """The held-out accuracy per optimizer step (empty when convergence was off for the run)."""
+    points = client.get_metric_history(run_id, metric_names.CONVERGENCE_ACCURACY)
+    return pd.DataFrame({"step": [p.step for p in points], "test_accuracy": [p.value for p in points]},
+                        columns=["step", "test_accuracy"]).sort_values("step", ignore_index=True)
+
+
 def _bn_weights(bn_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     weights = {}
     for npz in sorted(bn_dir.glob("*.npz")):
@@ -134,7 +143,8 @@ def _read_run(client, run, key: RunKey, dst: Path, uri: str) -> RunData:
         parameters=int(float(run_params.get("model.params_total", "nan"))),
         n_train=int(float(run_params.get("data.n_train", "0"))),
         correct=predictions["correct"].to_numpy().astype(bool), curves=_curves(client, run_id), bn=bn,
-        diagnostics=diagnostics)
+        diagnostics=diagnostics, convergence=_convergence(client, run_id),
+        convergence_seconds=float(metrics.get(metric_names.CONVERGENCE_SECONDS, "nan")))
 
 
 def fetch_runs(records: dict[RunKey, dict], uri: str) -> dict[RunKey, RunData]:

@@ -30,7 +30,7 @@ from scipy import stats as sps
 from conftest import tiny_params
 from pipeline import metric_names as M
 from pipeline import stats
-from pipeline.compare import compare
+from pipeline.compare import DESCRIPTION_LIMIT, compare
 from pipeline.report import store_label
 from pipeline.errors import UserError
 from pipeline.train import train
@@ -41,8 +41,13 @@ VARIANTS = ["plain", "bn_hidden", "dropout"]
 # bn_all is not trained here: its pair must be dropped, not fail.
 PAIRS = [["bn_hidden", "dropout"], ["bn_hidden", "bn_all"]]
 EXPECTED_PAIRS = [("bn_hidden", "dropout"), ("bn_hidden", "plain"), ("dropout", "plain")]
-FIGURES = {"curves.png", "accuracy.png", "bn_parameters.png", "covariate_shift.png", "coadaptation.png",
-           "variance_shift.png"}
+FIGURES = {"curves.png", "accuracy.png", "bn_parameters.png", "convergence.png", "covariate_shift.png",
+           "coadaptation.png", "variance_shift.png"}
+DIAGNOSTICS_FIGURES = {"covariate_shift.png", "coadaptation.png", "variance_shift.png"}
+# Claims the three trained variants can judge, and one they cannot (bn_all is not trained).
+CLAIMS = [{"claim": "Batch norm beats dropout.", "holds_if": [["bn_hidden", "dropout"]]},
+          {"claim": "Dropout beats the control.", "holds_if": [["dropout", "plain"]]},
+          {"claim": "Batch norm on the input helps.", "holds_if": [["bn_all", "bn_hidden"]]}]
 PNG = b"\x89PNG\r\n\x1a\n"
 COMPARISON_FILTER = "tags.`pipeline.kind` = 'comparison'"
 
@@ -56,6 +61,8 @@ def study_params(variants: list[str], seeds: list[int], pairs: list) -> dict:
     params["compare"]["pairs"] = pairs
     params["diagnostics"].update({"enabled": True, "probe_size": 64, "every_n_batches": 1,
                                   "variance_shift_images": TEST_LIMIT})
+    params["convergence"].update({"every_steps": 1, "images": TEST_LIMIT, "targets": [0.2, 0.999]})
+    params["compare"]["conclusions"] = CLAIMS
     return params
 
 
@@ -303,6 +310,8 @@ def test_metrics_json_equals_the_table(report):
     assert sorted(m["significance"]) == sorted(f"{a}_vs_{b}" for a, b in EXPECTED_PAIRS)
     for a, b in EXPECTED_PAIRS:
         assert m["significance"][f"{a}_vs_{b}"]["diff_pp"] == pytest.approx(100 * (acc[a] - acc[b]), abs=1e-4)
+    assert sorted(m["convergence"]) == sorted(VARIANTS)
+    assert sorted(m) == sorted([*VARIANTS, "significance", "conclusion_1", "conclusion_2", "convergence", "diagnostics"])
     assert sorted(m["diagnostics"]["coadaptation_fc1"]) == sorted(VARIANTS)
     assert sorted(m["diagnostics"]["variance_shift_mean"]) == ["bn_hidden"]  # the only variant with BN
 
@@ -555,19 +564,27 @@ def test_summary_run_description_is_the_report_linked_for_the_ui(study, report):
     linked to their run pages; nothing else differs."""
     run = report.summary
     description = run.data.tags["mlflow.note.content"]
+    assert len(description) <= DESCRIPTION_LIMIT
     images, runs = _description_links(description)
-    assert len(images) == len(FIGURES)
+    trimmed = "## Diagnostics: measurements, not causes" not in description
+    shown = FIGURES - DIAGNOSTICS_FIGURES if trimmed else FIGURES
+    assert len(images) == len(shown)
     for url in images:
         assert url.startswith("get-artifact?"), url
         query = parse_qs(urlparse(url).query)
         assert query["run_uuid"] == [run.info.run_id] and query["path"][0].startswith("figures/")
     assert sorted(query_path for url in images for query_path in parse_qs(urlparse(url).query)["path"]) == \
-        sorted(f"figures/{name}" for name in FIGURES)
+        sorted(f"figures/{name}" for name in shown)
     assert sorted(run_id for _, run_id in runs) == sorted(r["run_id"] for r in study.records.values())
     assert {experiment for experiment, _ in runs} == {study.experiment_id}
     as_file = re.sub(r"\]\(get-artifact\?path=figures%2F([\w.]+)&run_uuid=\w+\)", r"](figures/\1)", description)
     as_file = re.sub(r"\[(\w{32})\]\(#/experiments/\w+/runs/\1\)", r"\1", as_file)
-    assert as_file == report.md
+    if not trimmed:
+        assert as_file == report.md
+    else:  # too long for a description (UI links are longer than file names): all but the diagnostics
+        head, _, _ = report.md.partition("## Diagnostics: measurements, not causes")
+        assert len(report.md) > 0.75 * DESCRIPTION_LIMIT
+        assert as_file.startswith(head) and "`comparison.md` among this run's artifacts" in as_file[len(head):]
 
 
 @slow
@@ -688,3 +705,53 @@ def test_three_seeds_verdict_uses_the_paired_t_test(study, seeds_report):
     shown = [cell.strip() for cell in _md_line(report.md, "| bn_hidden vs plain ").strip("|").split("|")]
     assert r["mcnemar_p_per_seed"] in shown and f"{expected:.2g}" in shown, shown
     assert "paired t-test of test accuracy across seeds" in report.md
+
+
+# --- the notebook's conclusions and convergence speed ----------------------------------------
+
+
+def _section(md: str, heading: str) -> str:
+    start = md.index(heading)
+    end = md.find("\n## ", start + len(heading))
+    return md[start:] if end < 0 else md[start:end]
+
+
+def test_the_report_opens_with_the_conclusions_judged(study, report):
+    md = report.md
+    assert md.index("## The notebook's conclusions, judged") < md.index("## Results")
+    section = _section(md, "## The notebook's conclusions, judged")
+    sig = report.significance_csv.set_index(["a", "b"])
+    first = sig.loc[("bn_hidden", "dropout")]
+    call = "holds" if first.p_holm < 0.05 and first.diff_pp > 0 else \
+        "reversed" if first.p_holm < 0.05 else "not distinguishable"
+    assert f'1. "Batch norm beats dropout." — **{call}**' in section
+    assert (f"bn_hidden − dropout: {first.diff_pp:+.2f} pp (one seed: no interval across seeds); McNemar (exact), "
+            f"Holm-adjusted p = {first.p_holm:.2g}: {call}") in section
+    assert '3. "Batch norm on the input helps." — **not tested**' in section
+    assert "needs bn_all, not trained in this study" in section
+    assert report.metrics["conclusion_1"]["verdict"] == {"holds": 1, "not distinguishable": 0, "reversed": -1}[call]
+    assert report.metrics["conclusion_1"]["min_diff_pp"] == pytest.approx(first.diff_pp, abs=1e-4)
+    assert report.summary.data.tags["conclusion_1"] == f"Batch norm beats dropout. {call}"
+    assert report.summary.data.metrics["conclusion_1.verdict"] == report.metrics["conclusion_1"]["verdict"]
+
+
+def test_the_report_shows_steps_to_each_target_from_the_logged_curves(study, report):
+    """Every run logged its held-out accuracy at every step; the table is the first step at or past
+    20% (reached by every run here, 3 steps of 128 images) and 99.9% (reached by none)."""
+    from pipeline.convergence_report import steps_to_target
+
+    section = _section(report.md, "## Convergence speed")
+    assert "![convergence.png](figures/convergence.png)" in section
+    for variant in VARIANTS:
+        run_id = study.records[variant]["run_id"]
+        points = sorted(study.client.get_metric_history(run_id, M.CONVERGENCE_ACCURACY), key=lambda m: m.step)
+        assert [m.step for m in points] == [0, 1, 2, 3]
+        curve = pd.DataFrame({"step": [m.step for m in points], "test_accuracy": [m.value for m in points]})
+        expected = steps_to_target(curve, 0.2)
+        line = _md_line(section, f"| {variant} ")
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells == [variant, "1", "not reached" if math.isnan(expected) else f"{expected:.0f}", "not reached"]
+        logged = report.metrics["convergence"][variant]
+        assert logged["reached_99.9pct"] == 0 and logged["steps_to_99.9pct"] is None
+    share = re.search(r"Measuring it took ([\d.]+)% of the training time \(mean over 3 runs", section)
+    assert share and 0 < float(share.group(1)) < 100
