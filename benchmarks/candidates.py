@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import UserError
 
-HELP = "use baseline or parts like spe=16, threads=2x1, xla, nodet, arrays, onednn=0, jax joined with '+'"
+HELP = "use baseline or parts like spe=16, threads=2x1, xla, nodet, arrays, onednn=0, jax, noconv joined with '+'"
 
 
 @dataclass
@@ -27,13 +27,15 @@ class Candidate:
     arrays: bool = False
     onednn: bool | None = None
     backend: str | None = None
+    convergence: bool = True
 
     @classmethod
     def parse(cls, text: str) -> "Candidate":
         """``baseline``, or ``+``-joined parts: ``spe=N``, ``threads=INTRAxINTER``, ``xla``
         (implies ``nodet``), ``nodet`` (op determinism off), ``arrays`` (NumPy arrays into ``fit``,
         Keras' autotuned input pipeline, instead of ``train.batches``), ``onednn=0|1``, ``jax``
-        (Keras on JAX instead of ``train.backend``: different random streams, so different weights)."""
+        (Keras on JAX instead of ``train.backend``: different random streams, so different weights),
+        ``noconv`` (no held-out accuracy every ``convergence.every_steps``: what measuring it costs)."""
         candidate = cls(name=text)
         if text == "baseline":
             return candidate
@@ -63,6 +65,8 @@ class Candidate:
             self.onednn = value == "1"
         elif key == "jax" and not value:
             self.backend = "jax"
+        elif key == "noconv" and not value:
+            self.convergence = False
         else:
             raise ValueError(part)
 

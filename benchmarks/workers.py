@@ -104,6 +104,8 @@ def worker_train(spec: dict) -> dict:
 
     candidate = Candidate(**spec.get("candidate", {}))
     params = Params.load(Path(spec["params"])).with_train({"backend": candidate.backend})
+    if not candidate.convergence:
+        params = params.model_copy(update={"convergence": params.convergence.model_copy(update={"enabled": False})})
     backend.activate(params.train.backend, candidate.determinism)  # before Keras is imported
     if params.train.backend == "tensorflow":
         configure_threads(candidate)

@@ -87,6 +87,7 @@ def test_candidate_parsing():
     assert Candidate.parse("baseline") == Candidate()
     assert Candidate.parse("onednn=0").onednn is False and Candidate.parse("arrays").arrays
     assert Candidate.parse("jax").backend == "jax" and Candidate.parse("baseline").backend is None
+    assert Candidate.parse("noconv").convergence is False and Candidate.parse("baseline").convergence
     with pytest.raises(UserError, match="cannot read 'fast'"):
         Candidate.parse("spe=4+fast")
 
