@@ -245,8 +245,14 @@ def render_description(data: ReportData, links: Links, limit: int) -> str:
     text = render(data, links)
     if len(text) <= limit:
         return text
-    text = render(data, links, diagnostics=False)
+    return cut(render(data, links, diagnostics=False), limit)
+
+
+CUT_NOTE = "\n\n*(cut to fit MLflow's description limit: the whole report is `comparison.md` among this run's artifacts)*\n"
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters, else its whole lines that fit with ``CUT_NOTE`` after them."""
     if len(text) <= limit:
         return text
-    note = "\n\n*(cut to fit MLflow's description limit: the whole report is `comparison.md` among this run's artifacts)*\n"
-    return text[:text.rfind("\n", 0, limit - len(note))] + note
+    return text[:max(text.rfind("\n", 0, limit - len(CUT_NOTE)), 0)] + CUT_NOTE

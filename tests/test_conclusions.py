@@ -135,3 +135,15 @@ def test_steps_table_counts_seeds_that_never_reach_a_target():
     never = R.steps_table({("x", 0): _curve([0, 100], [0.1, 0.5])}, ["x"], [0.95])
     assert R.cell(never.iloc[0], 0.95) == "not reached"
     assert R.metrics(never, [0.95]) == {"convergence": {"x": {"steps_to_95pct": None, "reached_95pct": 0}}}
+
+
+def test_a_description_too_long_for_mlflow_is_cut_at_a_line_with_a_pointer():
+    from pipeline.report import CUT_NOTE, cut
+
+    text = "".join(f"line {i:04d}\n" for i in range(2000))  # 20,000 characters
+    assert cut(text, len(text)) == text
+    short = cut(text, 8000)
+    assert len(short) <= 8000 and short.endswith(CUT_NOTE)
+    kept = short[:-len(CUT_NOTE)]
+    assert text.startswith(kept + "\n") and all(len(line) == 9 for line in kept.splitlines())  # whole lines only
+    assert len(kept.splitlines()) == (8000 - len(CUT_NOTE)) // 10
