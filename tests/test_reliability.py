@@ -430,7 +430,9 @@ def test_broken_file_in_data_raw_is_detected_and_fetched_again(tmp_path):
     ("train.learning_rate", 0),
     ("variants.dropout.dropout_hidden", 1.0),
     ("seeds", [-1]),
+    ("seeds", [2**32]),  # NumPy's seeding refuses it; caught before any training
     ("diagnostics.every_n_batches", 0),
+    ("convergence.every_steps", 0),
 ])
 def test_invalid_param_is_rejected_before_training(tmp_path, field, value):
     def mutate(params):
