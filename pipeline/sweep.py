@@ -153,7 +153,7 @@ def _collect(jobs: dict, client, experiment_id: str, sweep_id: str, deps: str) -
                     done += 1
                     print(f"{landed} [{done + len(failed)}/{len(jobs)}]", flush=True)
     except KeyboardInterrupt:
-        _stop(pending, client, experiment_id, sweep_id)
+        _stop(pending, jobs, client, experiment_id, sweep_id, deps)
         raise
     close_orphans(client, experiment_id, sweep_id)
     minutes = (time.perf_counter() - start) / 60
@@ -202,23 +202,41 @@ def _reason(exc) -> str:
     return str(exc).strip().splitlines()[-1]
 
 
-def _stop(pending: list, client, experiment_id: str, sweep_id: str) -> None:
+def _stop(pending: list, jobs: dict, client, experiment_id: str, sweep_id: str, deps: str) -> None:
     """Interrupted: cancel the tasks (a KeyboardInterrupt in each, so its run ends KILLED),
-    kill those still running after a grace period, and close whatever runs they left."""
+    kill those still running after a grace period, land the trainings that finished before
+    their cancel arrived (whole trainings, committed whole), and close whatever runs are left."""
     import ray
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
     print(f"interrupted: stopping {len(pending)} training(s)", file=sys.stderr, flush=True)
     for ref in pending:
         ray.cancel(ref)
+    running = list(pending)
     deadline = time.monotonic() + CANCEL_GRACE_S
-    while pending and time.monotonic() < deadline:
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-    for ref in pending:
+    while running and time.monotonic() < deadline:
+        _, running = ray.wait(running, num_returns=len(running), timeout=0.5)
+    for ref in running:
         ray.cancel(ref, force=True)
-    if pending:
-        ray.wait(pending, num_returns=len(pending), timeout=5.0)
+    if running:
+        ray.wait(running, num_returns=len(running), timeout=5.0)
+    for ref in pending:
+        if ref not in running and _succeeded(ref):
+            landed, _ = _land(ref, *jobs[ref], client, experiment_id, sweep_id, deps)
+            if landed:
+                print(f"{landed} (finished as the sweep stopped)", flush=True)
     close_orphans(client, experiment_id, sweep_id)
+
+
+def _succeeded(ref) -> bool:
+    """Whether a task that is no longer running returned a result (not cancelled, not failed)."""
+    import ray
+
+    try:
+        ray.get(ref, timeout=0)
+    except ray.exceptions.RayError:
+        return False
+    return True
 
 
 # --- Command line --------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def test_eight_concurrent_trainings_into_one_tracking_server(tmp_path):
     with _mlflow_server(tmp_path / "server") as url:
         project, env = _project(tmp_path, ("plain", "dropout"), [0, 1, 2, 3], MLFLOW_TRACKING_URI=url)
         with _cluster({"num_cpus": 4}, head_cpus=4) as (cluster, _):
-            proc = _sweep(project, env, "--address", cluster.address)
+            proc = _sweep(project, env, "--address", cluster.address, timeout=600)  # 8 trainings on 2 cores
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "8 of 8 trainings done" in proc.stdout, proc.stdout
         runs = _runs(env)
