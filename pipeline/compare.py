@@ -149,14 +149,14 @@ def judge_conclusions(runs: dict[RunKey, RunData], significance: pd.DataFrame, p
 def convergence_speed(runs: dict[RunKey, RunData], params: Params, figures_dir: Path) -> report.Convergence | None:
     """Steps to each target accuracy per variant, the curves' figure, and what measuring them cost;
     None when no run measured convergence."""
-    curves = {key: run.convergence for key, run in runs.items() if len(run.convergence)}
-    if not curves:
+    measured = {key: run for key, run in runs.items() if len(run.convergence)}
+    if not measured:
         return None
+    curves = {key: run.convergence for key, run in measured.items()}
     targets = params.convergence.targets
     steps = convergence_report.steps_table(curves, list(params.variants), targets)
     convergence_report.figure(curves, figures_dir / "convergence.png", targets, params.convergence.images)
-    measured = [run for run in runs.values() if len(run.convergence)]
-    share = float(np.nanmean([run.convergence_seconds / run.train_seconds for run in measured]))
+    share = float(np.nanmean([run.convergence_seconds / run.train_seconds for run in measured.values()]))
     return report.Convergence(steps, targets, "convergence.png", share, len(measured))
 
 
