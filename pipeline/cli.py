@@ -55,7 +55,7 @@ def run_main(body: Callable[[], Any]) -> None:
 # --- Command-line numbers: ``mlflow run`` passes every parameter, unset ones as "" ------------
 
 TRAIN_OVERRIDE_FLAGS = ("epochs", "batch-size", "learning-rate", "momentum", "train-limit", "test-limit")
-FLOAT_FLAGS = ("learning-rate", "momentum")
+FLOAT_FLAGS = ("learning-rate", "momentum", "grid-rate")
 
 
 def number(flag: str, text: str) -> int | float | None:

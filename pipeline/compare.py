@@ -7,7 +7,8 @@ The runs' params, metrics, metric histories and artifacts are read back from MLf
 (``pipeline.runs``).
 Out: ``reports/comparison.md`` (rendered by ``pipeline.report``: the notebook's conclusions judged
 (``pipeline.conclusions``), the results, which differences are real, convergence speed
-(``pipeline.convergence_report``), figures, diagnostics), ``comparison.csv`` (one row per
+(``pipeline.convergence_report``), learning-rate sensitivity when ``lr_grid.learning_rates`` is set
+(``pipeline.lr_report``, from ``results/lr_grid/``), figures, diagnostics), ``comparison.csv`` (one row per
 variant), ``significance.csv`` (one row per compared pair, with its verdict),
 ``reports/figures/*.png``, ``reports/metrics.json`` (for ``dvc metrics``/``dvc exp show``),
 and a ``comparison`` run in the same MLflow experiment holding the tables and figures, whose
@@ -26,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import conclusions, convergence_report, diagnostics_report, figures, paths, report, stats, tracking
+from pipeline import (conclusions, convergence_report, diagnostics_report, figures, lr_report, paths, report, stats,
+                      tracking)
 from pipeline.cli import run_main
 from pipeline.params import CompareSettings, Params, VariantSpec
-from pipeline.runs import RunData, RunKey, check_records_match, fetch_runs, read_records
+from pipeline.runs import RunData, RunKey, check_records_match, fetch_grid, fetch_runs, read_records
 
 log = logging.getLogger("pipeline.compare")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -160,8 +162,36 @@ def convergence_speed(runs: dict[RunKey, RunData], params: Params, figures_dir: 
     return report.Convergence(steps, targets, "convergence.png", share, len(measured))
 
 
+def learning_rate_sensitivity(params: Params, results: Path, uri: str, table: pd.DataFrame, figures_dir: Path
+                              ) -> report.LrGrid | None:
+    """The learning-rate grid's section: each variant's best rate on the validation images, then (only
+    then) the test accuracy there and the notebook's conclusions judged there; None without a grid."""
+    rates = params.lr_grid.learning_rates
+    if not rates:
+        return None
+    variants, seeds = list(params.variants), params.seeds
+    records = read_records(variants, seeds, results, rates)
+    grid = fetch_grid(records, uri)
+    summary = lr_report.summary(grid, variants)
+    best = lr_report.best_rates(summary)
+    lr_report.figure(summary, best, figures_dir / "learning_rates.png", params.lr_grid.validation_images)
+    as_written = {float(rate): rate for rate in rates}
+    chosen = {variant: as_written[rate] for variant, rate in best.items() if rate is not None}
+    best_records = {(v, s, rate): records[(v, s, rate)] for v, rate in chosen.items() for s in seeds}
+    best_runs = {(key[0], key[1]): run for key, run in fetch_runs(best_records, uri).items()}
+    at_best = summary.merge(pd.DataFrame({"variant": list(chosen), "rate": [float(r) for r in chosen.values()]}))
+    at_best = at_best[["variant", "rate", "n_seeds", "test_accuracy_mean", "test_accuracy_std"]]
+    significance = comparisons(best_runs, list(chosen), seeds, params.compare) if best_runs else pd.DataFrame()
+    judgements = judge_conclusions(best_runs, significance, params) if best_runs else []
+    diverged = [f"{r.variant}-s{r.seed}-lr{r.rate:g}" for r in grid if r.diverged]
+    return report.LrGrid(summary, best, at_best, [v for v in table["variant"] if v in chosen],
+                         lr_report.ranking(dict(zip(at_best["variant"], at_best["test_accuracy_mean"]))),
+                         judgements, diverged, "learning_rates.png", params.lr_grid.validation_images, len(grid))
+
+
 def metrics_summary(table: pd.DataFrame, significance: pd.DataFrame, diagnostics,
-                    judgements: list[conclusions.Judgement] = (), convergence: report.Convergence | None = None) -> dict:
+                    judgements: list[conclusions.Judgement] = (), convergence: report.Convergence | None = None,
+                    lr_grid: report.LrGrid | None = None) -> dict:
     """What ``reports/metrics.json`` holds for ``dvc metrics``: rounded means, verdict numbers, the conclusions'
     verdicts, steps to the target accuracies, diagnostics."""
     metrics = {r.variant: {"test_accuracy": round(r.test_accuracy_mean, 6), "test_loss": round(r.test_loss_mean, 6),
@@ -172,12 +202,16 @@ def metrics_summary(table: pd.DataFrame, significance: pd.DataFrame, diagnostics
     metrics.update(conclusions.metrics(list(judgements)))
     if convergence is not None:
         metrics.update(convergence_report.metrics(convergence.steps, convergence.targets))
+    if lr_grid is not None:
+        metrics.update(lr_report.metrics(lr_grid.summary, lr_grid.best))
+        if lr_grid.conclusions:
+            metrics["lr_grid_conclusions"] = conclusions.metrics(lr_grid.conclusions)
     metrics.update(diagnostics.metrics if diagnostics else {})
     return metrics
 
 
 def write_report(runs: dict[RunKey, RunData], table: pd.DataFrame, significance: pd.DataFrame, params: Params,
-                 uri: str, reports: Path) -> report.ReportData:
+                 uri: str, reports: Path, results: Path = paths.RESULTS) -> report.ReportData:
     """Stage every file of the report, then publish them together; returns what the report shows."""
     reports.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".compare-", dir=reports))
@@ -187,14 +221,15 @@ def write_report(runs: dict[RunKey, RunData], table: pd.DataFrame, significance:
         diagnostics = diagnostics_report.build(runs, params.variants, staging / "figures")
         judgements = judge_conclusions(runs, significance, params)
         convergence = convergence_speed(runs, params, staging / "figures")
+        lr_grid = learning_rate_sensitivity(params, results, uri, table, staging / "figures")
         any_run = next(iter(runs.values()))
         data = report.ReportData(table, significance, params, params.mlflow.experiment, report.store_label(uri),
                                  names, diagnostics, n_train=any_run.n_train, n_test=len(any_run.correct),
-                                 conclusions=judgements, convergence=convergence)
+                                 conclusions=judgements, convergence=convergence, lr_grid=lr_grid)
         table.to_csv(staging / "comparison.csv", index=False)
         significance.to_csv(staging / "significance.csv", index=False)
         (staging / "comparison.md").write_text(report.render(data))
-        metrics = metrics_summary(table, significance, diagnostics, judgements, convergence)
+        metrics = metrics_summary(table, significance, diagnostics, judgements, convergence, lr_grid)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _publish(staging, reports)
     finally:
@@ -239,6 +274,14 @@ def log_findings(data: report.ReportData) -> None:
         for variant, values in convergence_report.metrics(data.convergence.steps, data.convergence.targets
                                                           ).get("convergence", {}).items():
             mlflow.log_metrics({f"{variant}.{key}": value for key, value in values.items() if value is not None})
+    if data.lr_grid is not None:
+        grid = data.lr_grid
+        mlflow.log_table(data=grid.summary, artifact_file="lr_grid_table.json")
+        for variant, values in lr_report.metrics(grid.summary, grid.best).get("lr_grid", {}).items():
+            mlflow.log_metrics({f"lr_grid.{variant}.{key}": value for key, value in values.items() if value is not None})
+        for n, judgement in enumerate(grid.conclusions, start=1):
+            mlflow.set_tag(f"lr_grid.conclusion_{n}", f"{judgement.claim} {judgement.verdict}")
+        mlflow.set_tag("lr_grid.ranking_holds", str(grid.study_order == grid.best_order).lower())
 
 
 def compare(params_path: Path = paths.PARAMS, results: Path = paths.RESULTS, reports: Path = paths.REPORTS) -> pd.DataFrame:
@@ -251,7 +294,7 @@ def compare(params_path: Path = paths.PARAMS, results: Path = paths.RESULTS, rep
     check_records_match(records, runs)
     table = variant_table(runs, params.variants, params.compare.reference, params.compare.confidence)
     significance = comparisons(runs, variants, seeds, params.compare)
-    data = write_report(runs, table, significance, params, uri, reports)
+    data = write_report(runs, table, significance, params, uri, reports, results)
     experiment_id = str(next(iter(records.values()))["experiment_id"])
     summary_id = log_summary_run(uri, experiment_id, data, reports, [r.run_id for r in runs.values()])
     print((reports / "comparison.md").read_text())

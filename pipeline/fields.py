@@ -75,6 +75,13 @@ def _name(value: Any) -> str:
     return value
 
 
+def _pair(value: Any) -> tuple[str, str]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
+            isinstance(v, str) and v.strip() for v in value):
+        raise ValueError("must be a pair of two variant names, e.g. [bn_hidden, plain]")
+    return tuple(value)
+
+
 def _sources(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
         raise ValueError("must be a list of URLs or folders")
@@ -106,6 +113,16 @@ def _seeds(value: Any) -> list[int]:
     return value
 
 
+def _learning_rates(value: Any) -> list[float | int]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of learning rates, e.g. [0.003, 0.01, 0.03, 0.1]; [] for no grid")
+    if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in value):
+        raise ValueError("must hold numbers > 0 (write 1e-3 as 0.001: YAML reads 1e-3 as text)")
+    if len({float(r) for r in value}) != len(value):
+        raise ValueError("must not repeat a learning rate")
+    return value  # as written: DVC names the lr_grid stages and their folders after str(rate)
+
+
 Bool = Annotated[bool, _rule(_bool)]
 PositiveInt = Annotated[int, _rule(_whole_positive)]
 PositiveFloat = Annotated[float, _rule(_positive)]
@@ -113,7 +130,9 @@ Rate = Annotated[float, _rule(_rate)]
 Probability = Annotated[float, _rule(_probability)]
 Limit = Annotated[int | None, _rule(_optional_limit)]
 Name = Annotated[str, _rule(_name)]
+Pair = Annotated[tuple[str, str], _rule(_pair)]
 Seeds = Annotated[list[int], _rule(_seeds)]
+LearningRates = Annotated[list[float | int], _rule(_learning_rates)]
 Backend = Annotated[str, _rule(_backend)]
 Sources = Annotated[list[str], _rule(_sources)]
 Pins = Annotated[dict[str, str], _rule(_pins)]

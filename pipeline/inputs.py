@@ -2,7 +2,8 @@
 
 In: ``data/prepared/{x,y}_{train,test}.npy`` (made by the download and normalize stages,
 or on demand for ``mlflow run``) and the ``train`` settings (limits, batch size, shuffle).
-Out: ``load_data`` returns the (possibly limited) arrays; ``batches`` and ``fit_inputs``
+Out: ``load_data`` returns the (possibly limited) arrays; ``carve_validation`` moves a seeded
+validation split out of the training images (learning-rate grid trainings); ``batches`` and ``fit_inputs``
 feed them to Keras with a seeded order, each image once per epoch: a ``tf.data`` pipeline
 on TensorFlow, ``pipeline.seeded_batches.SeededBatches`` on any other backend, so
 JAX trains without TensorFlow installed.
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import paths
+from pipeline.errors import UserError
 from pipeline.params import Params, TrainSettings
 
 log = logging.getLogger("pipeline.inputs")
@@ -45,6 +47,25 @@ def load_data(settings: TrainSettings, prepared: Path = paths.PREPARED) -> dict[
         n = len(arrays[f"y_{split}"]) if limit is None else min(limit, len(arrays[f"y_{split}"]))
         out[f"x_{split}"] = np.ascontiguousarray(arrays[f"x_{split}"][:n])
         out[f"y_{split}"] = np.ascontiguousarray(arrays[f"y_{split}"][:n]).astype(np.int64)
+    return out
+
+
+def carve_validation(data: dict[str, np.ndarray], images: int, seed: int) -> dict[str, np.ndarray]:
+    """``data`` with ``images`` of its training images moved to ``x_val``/``y_val``.
+
+    Which images is fixed by the seed alone (a NumPy ``default_rng(seed)`` permutation of the
+    training indices), so every variant and learning rate at one seed shares one split; both
+    parts keep the prepared order. The test images are untouched.
+    """
+    n = len(data["y_train"])
+    if not 0 < images < n:
+        raise UserError(f"params: 'lr_grid.validation_images' = {images} is invalid: must be from 1 to {n - 1} "
+                        f"(the grid trains on the other images of the {n} training images)")
+    held_out = np.zeros(n, dtype=bool)
+    held_out[np.random.default_rng(seed).permutation(n)[:images]] = True
+    out = dict(data)
+    out["x_val"], out["y_val"] = (np.ascontiguousarray(data[k][held_out]) for k in ("x_train", "y_train"))
+    out["x_train"], out["y_train"] = (np.ascontiguousarray(data[k][~held_out]) for k in ("x_train", "y_train"))
     return out
 
 

@@ -21,9 +21,10 @@ MODEL_STEP = -1
 
 
 def log_model(model, x_example: np.ndarray, probs: np.ndarray, run_id: str, datasets: dict, *, name: str,
-              registered_name: str, alias: str, tags: dict[str, str]) -> str:
+              registered_name: str | None, alias: str, tags: dict[str, str]) -> str:
     """The Keras model as ``name``, carrying only the final epoch's metrics (each with its
-    dataset), registered as a version of ``registered_name`` with ``alias``; returns the model id."""
+    dataset), registered as a version of ``registered_name`` with ``alias`` (unless that is
+    None); returns the model id."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -32,7 +33,8 @@ def log_model(model, x_example: np.ndarray, probs: np.ndarray, run_id: str, data
         pip_requirements=backend.requirements(),
     )
     link_final_metrics(run_id, info.model_id, datasets)
-    tracking.register_model(info.model_id, registered_name, alias=alias, tags=tags)
+    if registered_name is not None:
+        tracking.register_model(info.model_id, registered_name, alias=alias, tags=tags)
     return info.model_id
 
 

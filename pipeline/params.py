@@ -3,7 +3,8 @@
 In: the path of a params file (``params.yaml`` at the project root by default), or the
 mapping already read from one.
 Out: a frozen ``Params`` with one typed section per stage (``download``, ``normalize``,
-``mlflow``, ``train``, ``seeds``, ``variants``, ``diagnostics``, ``convergence``, ``compare``). Every
+``mlflow``, ``train``, ``seeds``, ``variants``, ``diagnostics``, ``convergence``, ``lr_grid``,
+``compare``). Every
 problem becomes a ``UserError`` whose one line names the field and says what is allowed:
 ``params: 'train.epochs' = 0 is invalid: must be > 0``; unknown fields are listed with the
 allowed names; a YAML syntax error carries its line and column.
@@ -20,7 +21,8 @@ from pydantic_core import PydanticCustomError
 
 from pipeline import paths
 from pipeline.errors import UserError
-from pipeline.fields import Backend, Bool, Limit, Name, Pins, PositiveFloat, PositiveInt, Probability, Rate, Seeds, Sources
+from pipeline.fields import (Backend, Bool, LearningRates, Limit, Name, Pair, Pins, PositiveFloat, PositiveInt,
+                             Probability, Rate, Seeds, Sources)
 
 class Section(BaseModel):
     """A mapping in params.yaml: frozen, unknown keys refused with the allowed ones listed."""
@@ -136,6 +138,15 @@ class ConvergenceSettings(Section):
     targets: list[Probability] = [0.95, 0.97, 0.98]
 
 
+class LrGridSettings(Section):
+    """The learning-rate grid (off while ``learning_rates`` is empty): every variant and seed also
+    trains at each rate on the training images minus ``validation_images`` of them, chosen by the
+    seed; the report picks each variant's best rate on those validation images, never on the test set."""
+
+    learning_rates: LearningRates = []
+    validation_images: PositiveInt = 5000
+
+
 class ReferenceResult(Section):
     loss: PositiveFloat
     accuracy: Probability
@@ -146,14 +157,14 @@ class Conclusion(Section):
     variant ``a`` has the higher test accuracy."""
 
     claim: str
-    holds_if: list[tuple[Name, Name]]
+    holds_if: list[Pair]
 
 
 class CompareSettings(Section):
     alpha: Probability = 0.05
     confidence: Probability = 0.95
     control: Name | None = None
-    pairs: list[tuple[Name, Name]] = []
+    pairs: list[Pair] = []
     reference: dict[str, ReferenceResult] = {}
     conclusions: list[Conclusion] = []
 
@@ -167,6 +178,7 @@ class Params(Section):
     variants: dict[str, VariantSpec]
     diagnostics: DiagnosticsSettings = DiagnosticsSettings()
     convergence: ConvergenceSettings = ConvergenceSettings()
+    lr_grid: LrGridSettings = LrGridSettings()
     compare: CompareSettings = CompareSettings()
 
     @model_validator(mode="before")

@@ -30,6 +30,14 @@ def store_root() -> Path:
     return Path(dvc_root).resolve() if dvc_root else ROOT
 
 
-def result_dir(variant: str, seed: int) -> Path:
-    """Where the training stage of one (variant, seed) writes its DVC record."""
-    return RESULTS / f"{variant}-s{seed}"
+def result_dir(variant: str, seed: int, rate: float | int | None = None, results: Path = RESULTS) -> Path:
+    """Where the training stage of one (variant, seed) writes its DVC record; with ``rate``, the
+    ``lr_grid`` stage at that learning rate (named, as DVC names the stage, after ``str(rate)``)."""
+    if rate is None:
+        return results / f"{variant}-s{seed}"
+    return results / "lr_grid" / f"{variant}-s{seed}-lr{rate}"
+
+
+def stage_name(variant: str, seed: int, rate: float | int | None = None) -> str:
+    """The DVC stage that trains (variant, seed), or its point of the learning-rate grid at ``rate``."""
+    return f"train@{variant}-{seed}" if rate is None else f"lr_grid@{variant}-{seed}-{rate}"

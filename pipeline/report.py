@@ -66,6 +66,22 @@ class Convergence:
     n_runs: int
 
 
+@dataclass(frozen=True)
+class LrGrid:
+    """The learning-rate sensitivity section (``pipeline.compare.learning_rate_sensitivity``)."""
+
+    summary: pd.DataFrame        # pipeline.lr_report.summary
+    best: dict                   # variant -> best rate (None: every rate diverged)
+    at_best: pd.DataFrame        # variant, rate, test_accuracy_mean, test_accuracy_std, n_seeds: test set, after the choice
+    study_order: list[str]       # variants by test accuracy at the study's own rate
+    best_order: list[str]        # variants by test accuracy, each at its best rate
+    conclusions: list            # pipeline.conclusions.Judgement at the best rates
+    diverged: list[str]          # "plain-s0-lr0.3" for each diverged grid training
+    figure: str
+    validation_images: int
+    n_runs: int
+
+
 @dataclass
 class ReportData:
     table: pd.DataFrame          # pipeline.compare.variant_table
@@ -79,6 +95,7 @@ class ReportData:
     n_test: int
     conclusions: list = field(default_factory=list)   # pipeline.conclusions.Judgement, in params order
     convergence: Convergence | None = None
+    lr_grid: LrGrid | None = None
 
 
 def store_label(uri: str, root: Path | None = None) -> str:
@@ -145,6 +162,42 @@ def steps_table(convergence: Convergence, steps_per_epoch: int) -> str:
         rows[f"steps to {target_label(target)}"] = [cell(row, target) for _, row in convergence.steps.iterrows()]
     table = markdown_table(rows, right=set(rows.columns) - {"variant"})
     return table + f"\n\n({steps_per_epoch:,} steps make one epoch.)"
+
+
+def grid_table(grid: LrGrid) -> str:
+    """Rates as rows, variants as columns: validation accuracy (mean, min–max), the best in bold."""
+    from pipeline.lr_report import cell
+
+    variants = list(dict.fromkeys(grid.summary["variant"]))
+    rows = []
+    for rate in sorted(set(grid.summary["rate"])):
+        row = {"learning rate": f"{rate:g}"}
+        for variant in variants:
+            match = grid.summary[(grid.summary["variant"] == variant) & (grid.summary["rate"] == rate)]
+            text = "–" if match.empty else cell(match.iloc[0])
+            row[variant] = f"**{text}**" if grid.best.get(variant) == rate else text
+        rows.append(row)
+    return markdown_table(pd.DataFrame(rows), right=set(variants) | {"learning rate"})
+
+
+def best_table(grid: LrGrid, study: pd.DataFrame, study_rate: float) -> str:
+    """Per variant: its best rate, the validation accuracy there, then the test accuracy there and in the study."""
+    study_accuracy = {r.variant: plus_minus(r.test_accuracy_mean, r.test_accuracy_std, r.n_seeds)
+                      for r in study.itertuples()}
+    rows = []
+    for variant, rate in grid.best.items():
+        chosen = grid.at_best[grid.at_best["variant"] == variant]
+        picked = grid.summary[(grid.summary["variant"] == variant) & (grid.summary["rate"] == rate)]
+        rows.append({
+            "variant": variant, "best rate": "every rate diverged" if rate is None else f"{rate:g}",
+            "validation acc. there": "–" if picked.empty else f"{picked['validation_accuracy_mean'].iloc[0]:.4f}",
+            "test acc. there": "–" if chosen.empty else plus_minus(chosen["test_accuracy_mean"].iloc[0],
+                                                                  chosen["test_accuracy_std"].iloc[0],
+                                                                  int(chosen["n_seeds"].iloc[0])),
+            f"test acc. in the study (rate {study_rate:g})": study_accuracy.get(variant, "–"),
+        })
+    frame = pd.DataFrame(rows)
+    return markdown_table(frame, right=set(frame.columns) - {"variant"})
 
 
 def pair_evidence(pair) -> str:
@@ -233,6 +286,10 @@ def render(data: ReportData, links: Links = FILE_LINKS, diagnostics: bool = True
         "convergence": data.convergence, "convergence_settings": data.params.convergence,
         "steps_table": None if data.convergence is None else steps_table(
             data.convergence, -(-data.n_train // data.params.train.batch_size)),
+        "lr_grid": data.lr_grid, "lr_grid_settings": data.params.lr_grid,
+        "grid_table": None if data.lr_grid is None else grid_table(data.lr_grid),
+        "best_table": None if data.lr_grid is None else best_table(data.lr_grid, data.table,
+                                                                   data.params.train.learning_rate),
         "diagnostics": data.diagnostics,
         **(_diagnostics_tables(data.diagnostics) if data.diagnostics else {}),
     }

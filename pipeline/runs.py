@@ -1,11 +1,13 @@
 """The training runs a report is about, read back from MLflow.
 
-In: the training stages' records ``results/<variant>-s<seed>/record.json`` (each names its
-MLflow run and experiment) and the tracking URI of the store the runs were logged in.
+In: the training stages' records ``results/<variant>-s<seed>/record.json`` (and the learning-rate
+grid's ``results/lr_grid/<variant>-s<seed>-lr<rate>/record.json``; each names its MLflow run and
+experiment) and the tracking URI of the store the runs were logged in.
 Out: ``read_records(...)`` returns the records by (variant, seed); ``fetch_runs(records, uri)``
 returns a ``RunData`` per record: the run's final metrics, parameter count, per-image
 correctness (``predictions.csv``), per-epoch test curves, the held-out accuracy per optimizer
-step, batch-norm weights and diagnostics. Missing records, stores, runs or metrics, unfinished runs and records that
+step, batch-norm weights and diagnostics; ``fetch_grid`` returns a grid run's final validation and test
+metrics and whether it diverged. Missing records, stores, runs or metrics, unfinished runs and records that
 disagree with their run are refused with a ``UserError`` naming the stage to rerun.
 """
 
@@ -28,6 +30,7 @@ FINAL_METRICS = (metric_names.TEST_LOSS, metric_names.TEST_ACCURACY, metric_name
 CURVE_METRICS = ("test_accuracy", "test_loss")
 
 RunKey = tuple[str, int]  # (variant, seed)
+GridKey = tuple[str, int, float]  # (variant, seed, learning rate as written in params.yaml)
 
 
 @dataclass
@@ -48,15 +51,19 @@ class RunData:
     diagnostics: dict = field(default_factory=dict)
 
 
-def read_records(variants: list[str], seeds: list[int], results: Path = paths.RESULTS) -> dict[RunKey, dict]:
+def read_records(variants: list[str], seeds: list[int], results: Path = paths.RESULTS,
+                 rates: list | None = None) -> dict:
+    """The records by (variant, seed); with ``rates``, the learning-rate grid's by (variant, seed, rate)."""
     records = {}
-    for variant in variants:
-        for seed in seeds:
-            path = results / f"{variant}-s{seed}" / "record.json"
-            if not path.exists():
-                raise UserError(f"no training record {path.relative_to(results.parent)}; "
-                                f"run `dvc repro train@{variant}-{seed}` (or `dvc repro` for the whole study)")
-            records[(variant, seed)] = json.loads(path.read_text())
+    for rate in (rates if rates is not None else [None]):
+        for variant in variants:
+            for seed in seeds:
+                path = paths.result_dir(variant, seed, rate, results) / "record.json"
+                if not path.exists():
+                    raise UserError(f"no training record {path.relative_to(results.parent)}; "
+                                    f"run `dvc repro {paths.stage_name(variant, seed, rate)}` "
+                                    "(or `dvc repro` for the whole study)")
+                records[(variant, seed) if rate is None else (variant, seed, rate)] = json.loads(path.read_text())
     return records
 
 
@@ -77,18 +84,22 @@ def _find_runs(client, records: dict[RunKey, dict]) -> dict:
     return {run.info.run_id: run for run in found}
 
 
-def _check_run(run, run_id: str, key: RunKey, uri: str) -> None:
-    variant, seed = key
-    stage = f"train@{variant}-{seed}"
+def run_label(key: tuple) -> str:
+    """``bn_hidden-s0`` for a study run, ``bn_hidden-s0-lr0.1`` for a grid run."""
+    return f"{key[0]}-s{key[1]}" + (f"-lr{key[2]}" if len(key) > 2 else "")
+
+
+def _check_run(run, run_id: str, key: tuple, uri: str, metrics: tuple[str, ...] = FINAL_METRICS) -> None:
+    stage, label = paths.stage_name(*key), run_label(key)
     if run is None:
-        raise UserError(f"run {run_id} ({variant}-s{seed}) is not in the MLflow store {tracking.redact(uri)}; "
+        raise UserError(f"run {run_id} ({label}) is not in the MLflow store {tracking.redact(uri)}; "
                         f"was it trained against another store? Re-run `dvc repro -f {stage}`")
     if run.info.status != "FINISHED":
-        raise UserError(f"run {run_id} ({variant}-s{seed}) is {run.info.status}, not FINISHED; "
+        raise UserError(f"run {run_id} ({label}) is {run.info.status}, not FINISHED; "
                         f"re-run `dvc repro -f {stage}`")
-    missing = set(FINAL_METRICS) - set(run.data.metrics)
+    missing = set(metrics) - set(run.data.metrics)
     if missing:
-        raise UserError(f"run {run_id} ({variant}-s{seed}) lacks metrics {sorted(missing)}")
+        raise UserError(f"run {run_id} ({label}) lacks metrics {sorted(missing)}")
 
 
 def _download(run_id: str, artifact_path: str, dst: Path, uri: str) -> Path:
@@ -147,8 +158,9 @@ def _read_run(client, run, key: RunKey, dst: Path, uri: str) -> RunData:
         convergence_seconds=float(metrics.get(metric_names.CONVERGENCE_SECONDS, "nan")))
 
 
-def fetch_runs(records: dict[RunKey, dict], uri: str) -> dict[RunKey, RunData]:
-    """Read every recorded run back from MLflow; refuse unknown or unfinished runs."""
+def fetch_runs(records: dict, uri: str) -> dict:
+    """Read every recorded run back from MLflow (keyed as ``records``: by (variant, seed), or by
+    (variant, seed, rate) for grid runs); refuse unknown or unfinished runs."""
     import mlflow
 
     check_store(uri)
@@ -161,10 +173,49 @@ def fetch_runs(records: dict[RunKey, dict], uri: str) -> dict[RunKey, RunData]:
                 for key, record in records.items()}
 
 
-def check_records_match(records: dict[RunKey, dict], runs: dict[RunKey, RunData]) -> None:
+def check_records_match(records: dict, runs: dict) -> None:
     """A record whose test accuracy is not its run's was written by another training."""
-    for (variant, seed), record in records.items():
-        run = runs[(variant, seed)]
+    for key, record in records.items():
+        run = runs[key]
         if not math.isclose(record["test_accuracy"], run.test_accuracy, rel_tol=1e-9):
-            raise UserError(f"{variant}-s{seed}: record says test_accuracy {record['test_accuracy']}, MLflow run "
-                            f"{run.run_id} says {run.test_accuracy}; re-run `dvc repro -f train@{variant}-{seed}`")
+            raise UserError(f"{run_label(key)}: record says test_accuracy {record['test_accuracy']}, MLflow run "
+                            f"{run.run_id} says {run.test_accuracy}; re-run `dvc repro -f {paths.stage_name(*key)}`")
+
+
+@dataclass
+class GridRun:
+    """One training of the learning-rate grid, as its MLflow run says (final epoch's metrics)."""
+
+    variant: str
+    seed: int
+    rate: float
+    run_id: str
+    validation_accuracy: float
+    validation_loss: float
+    test_accuracy: float
+    test_loss: float
+    diverged: bool
+
+
+GRID_METRICS = (metric_names.VALIDATION_ACCURACY, metric_names.VALIDATION_LOSS, *FINAL_METRICS)
+
+
+def fetch_grid(records: dict[GridKey, dict], uri: str) -> list[GridRun]:
+    """The grid's runs read back from MLflow (metrics and the ``diverged`` tag; no artifacts)."""
+    import mlflow
+
+    check_store(uri)
+    client = mlflow.MlflowClient(uri)
+    found = _find_runs(client, records) if records else {}
+    out = []
+    for key, record in records.items():
+        run = found.get(record["run_id"])
+        _check_run(run, record["run_id"], key, uri, GRID_METRICS)
+        if not math.isclose(record["test_accuracy"], run.data.metrics[metric_names.TEST_ACCURACY], rel_tol=1e-9):
+            raise UserError(f"{run_label(key)}: record and MLflow run {run.info.run_id} disagree on test_accuracy; "
+                            f"re-run `dvc repro -f {paths.stage_name(*key)}`")
+        m = run.data.metrics
+        out.append(GridRun(key[0], key[1], float(key[2]), run.info.run_id, m[metric_names.VALIDATION_ACCURACY],
+                           m[metric_names.VALIDATION_LOSS], m[metric_names.TEST_ACCURACY], m[metric_names.TEST_LOSS],
+                           run.data.tags.get(metric_names.TAG_DIVERGED) == "true"))
+    return out

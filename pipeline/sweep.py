@@ -1,11 +1,13 @@
 """The training matrix on a Ray cluster: DVC decides what runs, MLflow records what happened.
 
-In: ``params.yaml``, ``dvc.yaml``/``dvc.lock`` (which ``train@<variant>-<seed>`` stages are
-missing or stale, as ``dvc status`` says), ``MLFLOW_TRACKING_URI`` (or the local SQLite
+In: ``params.yaml``, ``dvc.yaml``/``dvc.lock`` (which ``train@<variant>-<seed>`` stages, and
+``lr_grid@<variant>-<seed>-<rate>`` stages of a learning-rate grid, are missing or stale, as
+``dvc status`` says), ``MLFLOW_TRACKING_URI`` (or the local SQLite
 store) and a Ray cluster: ``--address`` or ``RAY_ADDRESS``, else a local one on this machine.
 Out: each stale training run as one Ray task in a fresh worker process
 (``pipeline.sweep_tasks``), logging its MLflow run directly; on this machine the DVC record
-``results/<variant>-s<seed>/`` of each finished training, committed to DVC at once
+``results/<variant>-s<seed>/`` (``results/lr_grid/<variant>-s<seed>-lr<rate>/``) of each
+finished training, committed to DVC at once
 (``dvc commit`` of its stage), so ``dvc status`` is clean for it and ``dvc repro`` retrains
 nothing. One progress line per finished training. Exit 0 when all finished, 1 when some
 failed (each named, with its reason), 2 for a problem found before training, 130 when
@@ -27,8 +29,8 @@ from pipeline import paths, tracking
 from pipeline.cli import run_main
 from pipeline.errors import UserError
 from pipeline.params import Params
-from pipeline.sweep_dvc import (STAGE, commit, fingerprint, repro_prerequisites, signals_deferred, source_tags,
-                                stale_trainings)
+from pipeline.sweep_dvc import (all_trainings, commit, fingerprint, repro_prerequisites, signals_deferred,
+                                source_tags, stale_trainings)
 from pipeline.sweep_tasks import TAG_STAGE, TAG_SWEEP, Job, run_training
 
 CANCEL_GRACE_S = 15.0
@@ -100,9 +102,9 @@ def sweep(*, address: str | None = None, cpus: float = 1.0, gpus: float = 0.0, r
     tracking.check_server(uri)  # a down server fails here, in seconds, before Ray starts
     repro_prerequisites()
     todo = stale_trainings(params)
-    total = len(params.variants) * len(params.seeds)
+    total = len(all_trainings(params))
     if not todo or dry_run:
-        names = ", ".join(f"{STAGE}@{v}-{s}" for v, s in todo) or "nothing"
+        names = ", ".join(paths.stage_name(*t) for t in todo) or "nothing"
         print(f"{len(todo)} of {total} trainings missing or stale: {names}", flush=True)
         return 0
     connect(address, local_cpus, verbose)
@@ -126,8 +128,10 @@ def sweep(*, address: str | None = None, cpus: float = 1.0, gpus: float = 0.0, r
         task = ray.remote(max_calls=1)(run_training).options(
             num_cpus=cpus, num_gpus=gpus, max_retries=retries, retry_exceptions=False)
         tags = source_tags()
-        jobs = {task.remote(Job(v, s, params, uri, sweep_id, str(paths.PREPARED), digests, data_ref, tags)): (v, s)
-                for v, s in todo}
+        jobs = {}
+        for variant, seed, rate in todo:
+            job = Job(variant, seed, params, uri, sweep_id, str(paths.PREPARED), digests, data_ref, tags, rate)
+            jobs[task.remote(job)] = job
         print(f"sweep {sweep_id[:8]}: {len(todo)} of {total} trainings to run on {len(ips)} machine(s), "
               f"{cpus:g} CPU(s) each; MLflow: {tracking.redact(uri)}", flush=True)
         return _collect(jobs, client, experiment_id, sweep_id, deps)
@@ -145,8 +149,7 @@ def _collect(jobs: dict, client, experiment_id: str, sweep_id: str, deps: str) -
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             for ref in ready:
-                variant, seed = jobs[ref]
-                landed, problem = _land(ref, variant, seed, client, experiment_id, sweep_id, deps)
+                landed, problem = _land(ref, jobs[ref], client, experiment_id, sweep_id, deps)
                 if problem:
                     failed.append(problem)
                 else:
@@ -163,24 +166,23 @@ def _collect(jobs: dict, client, experiment_id: str, sweep_id: str, deps: str) -
     return 1 if failed else 0
 
 
-def _land(ref, variant: str, seed: int, client, experiment_id: str, sweep_id: str, deps: str
-          ) -> tuple[str | None, str | None]:
+def _land(ref, job: Job, client, experiment_id: str, sweep_id: str, deps: str) -> tuple[str | None, str | None]:
     """One finished task: its orphan runs closed, its record written and committed.
     Returns (the progress line, None) or (None, what went wrong)."""
     import ray
 
     from pipeline.artifacts import write_record
 
-    stage = f"{STAGE}@{variant}-{seed}"
+    stage, name = job.stage, job.name
     out, problem = None, None
     try:
         out = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         problem = f"{stage} {_reason(exc)}"
-        print(f"failed {variant}-s{seed} {_reason(exc)}", file=sys.stderr, flush=True)
+        print(f"failed {name} {_reason(exc)}", file=sys.stderr, flush=True)
     except ray.exceptions.RayError as exc:  # worker or node died more often than --retries
         problem = f"{stage}: {type(exc).__name__}"
-        print(f"failed {variant}-s{seed}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+        print(f"failed {name}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
               file=sys.stderr, flush=True)
     close_orphans(client, experiment_id, sweep_id, stage)
     if out is None:
@@ -189,9 +191,11 @@ def _land(ref, variant: str, seed: int, client, experiment_id: str, sweep_id: st
         print(f"not committed {stage}: code, params or data changed during the sweep", file=sys.stderr, flush=True)
         return None, f"{stage}: code, params or data changed during the sweep; not committed"
     with signals_deferred():
-        write_record(paths.result_dir(variant, seed), out["record"], out["history"], out["convergence"])
+        write_record(paths.result_dir(job.variant, job.seed, job.rate), out["record"], out["history"],
+                     out["convergence"])
         commit(stage)
-    return (f"done {variant}-s{seed} on {out['node']}: test accuracy {out['record']['test_accuracy']:.4f}, "
+    diverged = " (DIVERGED)" if "diverged_at_step" in out["record"] else ""
+    return (f"done {name}{diverged} on {out['node']}: test accuracy {out['record']['test_accuracy']:.4f}, "
             f"{out['seconds']:.1f} s"), None
 
 
@@ -222,7 +226,7 @@ def _stop(pending: list, jobs: dict, client, experiment_id: str, sweep_id: str, 
         ray.wait(running, num_returns=len(running), timeout=5.0)
     for ref in pending:
         if ref not in running and _succeeded(ref):
-            landed, _ = _land(ref, *jobs[ref], client, experiment_id, sweep_id, deps)
+            landed, _ = _land(ref, jobs[ref], client, experiment_id, sweep_id, deps)
             if landed:
                 print(f"{landed} (finished as the sweep stopped)", flush=True)
     close_orphans(client, experiment_id, sweep_id)

@@ -1,7 +1,7 @@
 """The DVC side of the sweep: which trainings are missing or stale, and committing each one.
 
 In: the project root (``dvc.yaml``, ``dvc.lock``, ``params.yaml``, ``pipeline/``, the data).
-Out: ``stale_trainings`` (the ``train@`` stages ``dvc status`` lists), ``repro_prerequisites``
+Out: ``stale_trainings`` (the ``train@`` and ``lr_grid@`` stages ``dvc status`` lists), ``repro_prerequisites``
 (download and normalize, as ``dvc repro`` would), ``fingerprint`` (what a commit must not
 see changed), ``source_tags`` (the ``mlflow.source.*`` tags of a training driven from here),
 ``commit`` (``dvc commit -f`` of one stage) and ``signals_deferred`` (so a record and its
@@ -22,21 +22,28 @@ from pipeline import paths
 from pipeline.errors import UserError
 from pipeline.params import Params
 
-STAGE = "train"
+STAGES = ("train", "lr_grid")  # the study's trainings, then the learning-rate grid's
 PREREQUISITE = "normalize"   # everything the training stages depend on (download, normalize)
 
 
-def stale_trainings(params: Params, root: Path = paths.ROOT) -> list[tuple[str, int]]:
-    """The (variant, seed) pairs whose ``train@`` stage ``dvc status`` lists (missing or stale)."""
+def all_trainings(params: Params) -> list[tuple[str, int, float | int | None]]:
+    """Every training of the matrix as (variant, seed, rate): the study's (rate None), then the grid's."""
+    rates = [None, *params.lr_grid.learning_rates]
+    return [(v, s, r) for r in rates for v in params.variants for s in params.seeds]
+
+
+def stale_trainings(params: Params, root: Path = paths.ROOT) -> list[tuple[str, int, float | int | None]]:
+    """The trainings (variant, seed, grid rate or None) whose stage ``dvc status`` lists (missing or stale)."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    targets = list(STAGES) if params.lr_grid.learning_rates else [STAGES[0]]
     try:
         with Repo(str(root)) as repo:
-            status = repo.status(targets=[STAGE])
+            status = repo.status(targets=targets)
     except DvcException as exc:
         raise UserError(f"dvc status failed: {str(exc).splitlines()[0]}") from None
-    return [(v, s) for v in params.variants for s in params.seeds if f"{STAGE}@{v}-{s}" in status]
+    return [t for t in all_trainings(params) if paths.stage_name(*t) in status]
 
 
 def repro_prerequisites(root: Path = paths.ROOT) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import paths
 from pipeline.errors import UserError
 
 # Tags every sweep training carries besides those of a `dvc repro` training.
@@ -54,14 +55,15 @@ class Job:
     digests: dict               # {"train": ..., "test": ...} from the driver's data/summary.json
     data_ref: Any = None        # ray.ObjectRef of {file name: bytes}, or None (one machine)
     source_tags: dict = None    # mlflow.source.* as `python -m pipeline.train` on the driver sets them
+    rate: float | int | None = None  # a learning-rate grid training at this rate (stage lr_grid)
 
     @property
     def stage(self) -> str:
-        return f"train@{self.variant}-{self.seed}"
+        return paths.stage_name(self.variant, self.seed, self.rate)
 
     @property
     def name(self) -> str:
-        return f"{self.variant}-s{self.seed}"
+        return f"{self.variant}-s{self.seed}" + ("" if self.rate is None else f"-lr{self.rate}")
 
 
 def digest(prepared: Path, split: str) -> str:
@@ -143,7 +145,8 @@ def run_training(job: Job) -> dict:
         prepared = node_prepared(job, node)
         from pipeline.train import train
 
-        result = train(job.variant, job.seed, params=job.params, dvc_stage=job.stage, prepared=prepared)
+        result = train(job.variant, job.seed, params=job.params, dvc_stage=job.stage, prepared=prepared,
+                       grid_rate=None if job.rate is None else float(job.rate))
     except Exception as exc:  # one line for the driver, with the node
         first = (str(exc).strip().splitlines() or [""])[0]
         raise RuntimeError(f"on {node}: {type(exc).__name__}: {first}") from exc

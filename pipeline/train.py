@@ -16,6 +16,13 @@ also registered as a version of the registered model named like the experiment, 
 ``<variant>-s<seed>``; with ``--record DIR`` also the
 DVC record in ``DIR`` (``record.json``, ``metrics.json``, ``history.csv``, ``convergence.csv``), written only
 after the run finished. ``train(...)`` returns all of it as a ``TrainResult``.
+
+``--grid-rate R`` (the ``lr_grid`` stage) trains one point of the learning-rate grid instead: rate
+R, on the training images minus ``lr_grid.validation_images`` of them (chosen by the seed),
+whose loss and accuracy are logged every epoch beside the test set's; the run is
+``<variant>-s<seed>-lr<R>`` with tags ``lr_grid`` and ``learning_rate``, its model is not registered.
+A training whose loss becomes NaN, infinite or absurdly high (``pipeline.callbacks.DIVERGED_LOSS``)
+stops there and is logged, recorded and reported as diverged (tag ``diverged``, metric ``timing/diverged_at_step``).
 """
 
 from __future__ import annotations
@@ -33,10 +40,10 @@ import numpy as np
 
 from pipeline import backend, metric_names, paths, tracking
 from pipeline.artifacts import write_artifacts, write_record
-from pipeline.cli import TRAIN_OVERRIDE_FLAGS, run_main, train_overrides, whole_number
+from pipeline.cli import TRAIN_OVERRIDE_FLAGS, number, run_main, train_overrides, whole_number
 from pipeline.errors import UserError
 from pipeline.fields import MAX_SEED
-from pipeline.inputs import ensure_prepared, fit_inputs, load_data
+from pipeline.inputs import carve_validation, ensure_prepared, fit_inputs, load_data
 from pipeline.logged_model import log_model
 from pipeline.params import Params, VariantSpec
 
@@ -69,14 +76,16 @@ class TrainSetup:
     experiment_id: str
     prepared: Path
     data_summary: dict
+    grid_rate: float | None = None  # a learning-rate grid training at this rate (see ``lr_grid`` in params)
 
     @property
     def run_name(self) -> str:
-        return f"{self.spec.name}-s{self.seed}"
+        rate = "" if self.grid_rate is None else f"-lr{self.grid_rate:g}"
+        return f"{self.spec.name}-s{self.seed}{rate}"
 
     @property
     def model_name(self) -> str:
-        return f"lenet5-{self.run_name}"
+        return f"lenet5-{self.run_name}".replace(".", "_")  # MLflow refuses '.' in a logged model's name
 
 
 @dataclass
@@ -97,20 +106,23 @@ class TrainResult:
 # --- The steps --------------------------------------------------------------------------------
 
 
-def resolve(variant: str, seed: int, params: Params, prepared: Path | None) -> TrainSetup:
+def resolve(variant: str, seed: int, params: Params, prepared: Path | None,
+            grid_rate: float | None = None) -> TrainSetup:
     """The variant's spec, the experiment (failing fast when the store is unreachable) and the data."""
     import json
 
     spec = params.variant(variant)
     if not 0 <= seed < MAX_SEED:
         raise UserError(f"--seed = {seed} is invalid: must be from 0 to {MAX_SEED - 1}")
+    if grid_rate is not None and not grid_rate > 0:
+        raise UserError(f"--grid-rate = {grid_rate} is invalid: must be a learning rate > 0")
     experiment_id = tracking.prepare_experiment(params.mlflow.experiment)
     if prepared is None:
         ensure_prepared(params)
         prepared = paths.PREPARED
     summary_path = prepared.parent / "summary.json"
     data_summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    return TrainSetup(params, spec, seed, experiment_id, prepared, data_summary)
+    return TrainSetup(params, spec, seed, experiment_id, prepared, data_summary, grid_rate)
 
 
 def build(setup: TrainSetup, options: TrainOptions):
@@ -131,6 +143,8 @@ def build(setup: TrainSetup, options: TrainOptions):
 def run_tags(setup: TrainSetup, dvc_stage: str) -> dict[str, str]:
     tags = {"variant": setup.spec.name, "seed": str(setup.seed), "git_commit": _git_commit(),
             "dvc_stage": dvc_stage, "tracking_store": tracking.redact(tracking.tracking_uri())}
+    if setup.grid_rate is not None:
+        tags.update({metric_names.TAG_LR_GRID: "true", metric_names.TAG_LEARNING_RATE: f"{setup.grid_rate:g}"})
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
@@ -146,7 +160,8 @@ def log_setup(setup: TrainSetup, model, data: dict) -> dict[str, Any]:
     mlflow.log_params(flat_params(setup, data))
     mlflow.log_params({f"model.params_{k}": v for k, v in parameter_counts(model).items()})
     datasets = {}
-    for split, context in (("train", "training"), ("test", "testing")):
+    splits = (("train", "training"), ("val", "validation"), ("test", "testing"))
+    for split, context in (s for s in splits if f"y_{s[0]}" in data):
         datasets[split] = mlflow.data.from_numpy(data[f"x_{split}"], targets=data[f"y_{split}"], name=f"mnist-{split}")
         mlflow.log_input(datasets[split], context=context)
     return datasets
@@ -158,6 +173,9 @@ def flat_params(setup: TrainSetup, data: dict) -> dict[str, Any]:
     flat.update({"train.seed": setup.seed, "train.optimizer": "SGD", "train.loss": "categorical_crossentropy",
                  "data.n_train": len(data["y_train"]), "data.n_test": len(data["y_test"]),
                  "data.scale": setup.data_summary.get("scale", "")})
+    if "y_val" in data:  # a grid training: its validation split, fixed by the seed
+        flat.update({"data.n_validation": len(data["y_val"]), "lr_grid.validation_images": len(data["y_val"]),
+                     "lr_grid.validation_split_seed": setup.seed})
     for split in ("train", "test"):
         flat[f"data.{split}_digest"] = setup.data_summary.get(split, {}).get("digest", "")
     flat.update({f"diagnostics.{k}": v for k, v in setup.params.diagnostics.model_dump().items()})
@@ -187,19 +205,26 @@ def fit(model, data: dict, setup: TrainSetup, options: TrainOptions, callbacks: 
     """Train for the configured epochs; the history has one row per epoch (train and test metrics)."""
     import keras
 
-    from pipeline.callbacks import EpochLogger, SignalGuard
+    from pipeline.callbacks import DivergenceGuard, EpochLogger, SignalGuard
     from pipeline.inputs import batches
 
     settings = setup.params.train
     history: list[dict] = []
     y_train = keras.utils.to_categorical(data["y_train"], 10)
-    test_batches = batches(data["x_test"], keras.utils.to_categorical(data["y_test"], 10),
-                           max(settings.batch_size, TEST_BATCH))
+    eval_batch = max(settings.batch_size, TEST_BATCH)
+    test_batches = batches(data["x_test"], keras.utils.to_categorical(data["y_test"], 10), eval_batch)
+    validation_batches = (batches(data["x_val"], keras.utils.to_categorical(data["y_val"], 10), eval_batch)
+                          if "y_val" in data else None)
+    divergence = DivergenceGuard()
     start = time.perf_counter()
     model.fit(**fit_inputs(data["x_train"], y_train, settings, setup.seed, options.inputs), epochs=settings.epochs,
-              verbose=0, callbacks=[SignalGuard(), EpochLogger(test_batches, history), *callbacks, *options.callbacks])
+              verbose=0, callbacks=[SignalGuard(), divergence, EpochLogger(test_batches, history, validation_batches),
+                                    *callbacks, *options.callbacks])
     seconds = time.perf_counter() - start
-    return history, {"train_seconds": seconds, "images_per_second": settings.epochs * len(y_train) / seconds}
+    speed = {"train_seconds": seconds, "images_per_second": len(history) * len(y_train) / seconds}
+    if divergence.diverged_at_step is not None:
+        speed["diverged_at_step"] = divergence.diverged_at_step
+    return history, speed
 
 
 def log_outputs(setup: TrainSetup, model, data: dict, history: list[dict], diagnostics) -> tuple[np.ndarray, float]:
@@ -223,16 +248,26 @@ def log_outputs(setup: TrainSetup, model, data: dict, history: list[dict], diagn
 
 def train(variant: str, seed: int, *, params: Params | None = None, params_path: Path = paths.PARAMS,
           overrides: dict | None = None, record_dir: Path | None = None, dvc_stage: str = "",
-          prepared: Path | None = None, options: TrainOptions = TrainOptions()) -> TrainResult:
-    """Train one (variant, seed) as one MLflow run; write the DVC record to ``record_dir`` if given."""
+          prepared: Path | None = None, options: TrainOptions = TrainOptions(),
+          grid_rate: float | None = None) -> TrainResult:
+    """Train one (variant, seed) as one MLflow run; write the DVC record to ``record_dir`` if given.
+
+    With ``grid_rate``, one point of the learning-rate grid: that learning rate, trained on the
+    training images minus ``lr_grid.validation_images`` of them (fixed by the seed), which are
+    evaluated every epoch; the model is logged but not registered.
+    """
     import mlflow
 
     from pipeline.training_diagnostics import RunDiagnostics
 
     params = (params or Params.load(params_path)).with_train(overrides)
+    if grid_rate is not None:
+        params = params.with_train({"learning_rate": grid_rate})
     backend.activate(params.train.backend, options.op_determinism)  # before anything imports Keras
-    setup = resolve(variant, seed, params, prepared)
+    setup = resolve(variant, seed, params, prepared, grid_rate)
     data = load_data(setup.params.train, setup.prepared)
+    if grid_rate is not None:
+        data = carve_validation(data, setup.params.lr_grid.validation_images, seed)
     model = build(setup, options)
     diag = RunDiagnostics(setup.params.diagnostics, model, data["x_test"]) if setup.params.diagnostics.any else None
     callbacks = [diag.monitor] if diag is not None and diag.monitor is not None else []
@@ -247,12 +282,18 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
             speed["convergence_seconds"] = convergence.seconds
         # The last epoch's test metrics are the final ones; logging them again (at step 0)
         # would add a spurious point to the per-epoch curves.
-        mlflow.log_metrics({metric_names.TIMING[k]: v for k, v in speed.items()})
+        mlflow.log_metrics({metric_names.TIMING[k]: v for k, v in speed.items() if k in metric_names.TIMING})
+        if "diverged_at_step" in speed:
+            mlflow.log_metric(metric_names.DIVERGED_AT_STEP, speed["diverged_at_step"])
+        mlflow.set_tag(metric_names.TAG_DIVERGED, str("diverged_at_step" in speed).lower())
         probs, diag_seconds = log_outputs(setup, model, data, history, diag)
         model_id = log_model(model, data["x_test"][:2], probs[:2], run.info.run_id, datasets,
-                             name=setup.model_name, registered_name=setup.params.mlflow.experiment,
+                             name=setup.model_name,
+                             registered_name=setup.params.mlflow.experiment if grid_rate is None else None,
                              alias=setup.run_name, tags={"variant": setup.spec.name, "seed": str(setup.seed)})
-    metrics = {"test_loss": history[-1]["test_loss"], "test_accuracy": history[-1]["test_accuracy"], **speed}
+    final = history[-1]
+    metrics = {"test_loss": final["test_loss"], "test_accuracy": final["test_accuracy"],
+               **{k: final[k] for k in metric_names.VALIDATION if k in final}, **speed}
     result = TrainResult(run.info.run_id, run.info.experiment_id, model_id, model, history, metrics,
                          _record(setup, run.info, metrics, model), diag_seconds,
                          convergence.curve if convergence is not None else [])
@@ -265,8 +306,10 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
 def _record(setup: TrainSetup, run_info, metrics: dict, model) -> dict[str, Any]:
     from pipeline.model import parameter_counts
 
+    grid = {} if setup.grid_rate is None else {"learning_rate": setup.grid_rate,
+                                                 "validation_images": setup.params.lr_grid.validation_images}
     return {"run_id": run_info.run_id, "experiment_id": run_info.experiment_id, "variant": setup.spec.name,
-            "seed": setup.seed,
+            "seed": setup.seed, **grid,
             **metrics, "parameters": parameter_counts(model)["total"]}
 
 
@@ -280,6 +323,13 @@ def _say_start(setup: TrainSetup, model, data: dict, run_id: str) -> None:
 def _say_done(setup: TrainSetup, result: TrainResult) -> None:
     m = result.metrics
     checks = f", held-out checks {m['convergence_seconds']:.1f} s of it" if "convergence_seconds" in m else ""
+    if "diverged_at_step" in m:
+        from pipeline.callbacks import DIVERGED_LOSS
+
+        print(f"{setup.run_name} DIVERGED: the training loss became NaN, infinite or above {DIVERGED_LOSS:.1f} "
+              f"(ten times a uniform guess's) at optimizer step "
+              f"{m['diverged_at_step']} (learning rate {setup.params.train.learning_rate:g}); training stopped there",
+              flush=True)
     print(f"done {setup.run_name}: test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}, "
           f"{m['train_seconds']:.1f} s ({m['images_per_second']:.0f} images/s{checks}); run {result.run_id}",
           flush=True)
@@ -305,6 +355,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Overrides of params.yaml 'train'; empty means "as in params.yaml" (what MLproject passes by default).
     for flag in TRAIN_OVERRIDE_FLAGS:
         p.add_argument(f"--{flag}", default="")
+    p.add_argument("--grid-rate", default="", help="train as one point of the learning-rate grid at this rate "
+                   "(on the training images minus lr_grid.validation_images of them)")
     p.add_argument("--record", type=Path, help="directory for the DVC record (record.json, metrics.json, history.csv)")
     p.add_argument("--dvc-stage", default="", help="the DVC stage name, logged as a tag")
     p.add_argument("--params", type=Path, default=paths.PARAMS)
@@ -316,8 +368,9 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args = parse_args(argv)
-    run_main(lambda: train(args.variant, whole_number("seed", args.seed), overrides=train_overrides(args), record_dir=args.record,
-                           dvc_stage=args.dvc_stage, params_path=args.params))
+    run_main(lambda: train(args.variant, whole_number("seed", args.seed), overrides=train_overrides(args),
+                           record_dir=args.record, dvc_stage=args.dvc_stage, params_path=args.params,
+                           grid_rate=number("grid-rate", args.grid_rate)))
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ STAGES = {name: stage for name, stage in stage_definitions().items() if pipeline
 
 
 def test_stages_running_pipeline_modules_are_found():
-    assert {"download", "normalize", "train", "compare"} <= set(STAGES)
+    assert {"download", "normalize", "train", "lr_grid", "compare"} <= set(STAGES)
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
