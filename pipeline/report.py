@@ -72,7 +72,7 @@ class LrGrid:
 
     summary: pd.DataFrame        # pipeline.lr_report.summary
     best: dict                   # variant -> best rate (None: every rate diverged)
-    at_best: pd.DataFrame        # variant, rate, test_accuracy_mean, test_accuracy_std, n_seeds: test set, after the choice
+    at_best: pd.DataFrame        # variant, rate, n_seeds, test_accuracy_{mean,std}: read after the choice
     study_order: list[str]       # variants by test accuracy at the study's own rate
     best_order: list[str]        # variants by test accuracy, each at its best rate
     conclusions: list            # pipeline.conclusions.Judgement at the best rates

@@ -21,8 +21,9 @@ after the run finished. ``train(...)`` returns all of it as a ``TrainResult``.
 R, on the training images minus ``lr_grid.validation_images`` of them (chosen by the seed),
 whose loss and accuracy are logged every epoch beside the test set's; the run is
 ``<variant>-s<seed>-lr<R>`` with tags ``lr_grid`` and ``learning_rate``, its model is not registered.
-A training whose loss becomes NaN, infinite or absurdly high (``pipeline.callbacks.DIVERGED_LOSS``)
-stops there and is logged, recorded and reported as diverged (tag ``diverged``, metric ``timing/diverged_at_step``).
+A training whose loss becomes NaN or infinite, or whose epoch mean is above twice a uniform
+guess's (``pipeline.callbacks.DIVERGED_LOSS``), stops there and is logged, recorded and reported
+as diverged (tag ``diverged``, metric ``timing/diverged_at_step``).
 """
 
 from __future__ import annotations
@@ -326,8 +327,8 @@ def _say_done(setup: TrainSetup, result: TrainResult) -> None:
     if "diverged_at_step" in m:
         from pipeline.callbacks import DIVERGED_LOSS
 
-        print(f"{setup.run_name} DIVERGED: the training loss became NaN, infinite or above {DIVERGED_LOSS:.1f} "
-              f"(ten times a uniform guess's) at optimizer step "
+        print(f"{setup.run_name} DIVERGED: the training loss became NaN or infinite, or an epoch's mean above "
+              f"{DIVERGED_LOSS:.1f} (twice a uniform guess's), at optimizer step "
               f"{m['diverged_at_step']} (learning rate {setup.params.train.learning_rate:g}); training stopped there",
               flush=True)
     print(f"done {setup.run_name}: test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}, "

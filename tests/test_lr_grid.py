@@ -163,7 +163,7 @@ def test_grid_through_the_ray_sweep_then_dvc_repro_reports_it(tmp_path):
 
     md = (project / "reports" / "comparison.md").read_text()
     section = md[md.index("## Learning-rate sensitivity"):md.index("## Figures")]
-    assert "Diverged (training loss NaN, infinite or above 23" in section
+    assert "Diverged (training loss NaN or infinite, or an epoch's mean above 4.6" in section
     assert "plain-s0-lr1000" in section and "bn_hidden-s0-lr1000" in section
     assert "| 1000 | diverged (1 of 1 seed) | diverged (1 of 1 seed) |" in section
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
@@ -175,3 +175,26 @@ def test_grid_through_the_ray_sweep_then_dvc_repro_reports_it(tmp_path):
     summary = client.search_runs([experiment.experiment_id], "tags.`pipeline.kind` = 'comparison'")[0]
     assert summary.data.metrics["lr_grid.plain.best_learning_rate"] == 0.05
     assert summary.data.tags["lr_grid.ranking_holds"] in ("true", "false")
+
+
+@pytest.mark.parametrize("batch_losses, epoch_loss, expected", [
+    ([1.0, float("nan"), 2.0], 2.0, 12),        # NaN at the 2nd step of the 2nd epoch (10 steps per epoch)
+    ([1.0, float("inf")], float("inf"), 12),    # infinity: the step, not the epoch's end
+    ([30.0, 2.0], 4.7, 20),                     # a mean above 2 ln 10 over the epoch: its last step
+    ([30.0, 2.0], 4.5, None),                   # a spike the epoch recovered from: not diverged
+])
+def test_divergence_guard_stops_at_the_step_the_loss_diverged(batch_losses, epoch_loss, expected):
+    import keras
+
+    from pipeline.callbacks import DIVERGED_LOSS, DivergenceGuard
+
+    assert DIVERGED_LOSS == pytest.approx(2 * np.log(10))
+    guard = DivergenceGuard()
+    guard.set_model(keras.Sequential())
+    guard.set_params({"steps": 10, "epochs": 3})
+    guard.on_epoch_begin(1)
+    for batch, loss in enumerate(batch_losses):
+        guard.on_train_batch_end(batch, {"loss": loss})
+    guard.on_epoch_end(1, {"loss": epoch_loss})
+    assert guard.diverged_at_step == expected
+    assert getattr(guard.model, "stop_training", False) is (expected is not None)
