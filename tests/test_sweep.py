@@ -1,6 +1,7 @@
 """``python -m pipeline.sweep`` against real Ray clusters (two nodes on loopback, started here),
 real DVC project copies and real MLflow stores: faults end with exactly one FINISHED run and
-one committed record per training, never a RUNNING run or a half-committed stage."""
+one committed record per training, never a RUNNING run or a half-committed stage. The
+learning-rate grid goes through the same sweep, then ``dvc repro`` reports it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import ray
 import yaml
@@ -285,3 +287,69 @@ def test_mlflow_run_against_a_stopped_server_fails_fast_with_the_documented_sett
     assert proc.returncode != 0
     assert time.monotonic() - start < 45, time.monotonic() - start
     assert "Connection refused" in proc.stderr or "ConnectionError" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_grid_through_the_ray_sweep_then_dvc_repro_reports_it(tmp_path):
+    """plain and bn_hidden at rates 0.05 and 1000 (which diverges) with one seed: the sweep trains the
+    study and the grid, commits every stage; ``dvc repro`` then only compares, and the report,
+    metrics and summary run show the grid with the diverged trainings."""
+    params = tiny_params(train_limit=300, test_limit=200)
+    params["variants"] = {v: params["variants"][v] for v in ("plain", "bn_hidden")}
+    params["diagnostics"]["enabled"] = False
+    params["convergence"].update({"every_steps": 1, "images": 200})
+    params["lr_grid"] = {"learning_rates": [0.05, 1000], "validation_images": 100}
+    project = make_project_copy(tmp_path / "project", params)
+    env = subprocess_env(tmp_path)
+
+    sweep = subprocess.run([sys.executable, "-m", "pipeline.sweep", "--local-cpus", "2"], cwd=project, env=env,
+                           capture_output=True, text=True, timeout=900, check=False)
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    assert "6 of 6 trainings done" in sweep.stdout, sweep.stdout
+    assert sweep.stdout.count("(DIVERGED)") == 2, sweep.stdout  # both variants at 1000
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert {s for s in lock if s.startswith(("train@", "lr_grid@"))} == {
+        "train@plain-0", "train@bn_hidden-0", "lr_grid@plain-0-0.05", "lr_grid@plain-0-1000",
+        "lr_grid@bn_hidden-0-0.05", "lr_grid@bn_hidden-0-1000"}
+
+    repro = subprocess.run([str(VENV_BIN / "dvc"), "repro"], cwd=project, env=env, capture_output=True, text=True,
+                           timeout=600, check=False)
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    assert "Running stage 'compare'" in repro.stdout
+    assert "Running stage 'train@" not in repro.stdout and "Running stage 'lr_grid@" not in repro.stdout
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("test-study")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    record = json.loads((project / "results" / "lr_grid" / "plain-s0-lr1000" / "record.json").read_text())
+    diverged = runs["plain-s0-lr1000"]
+    assert record["run_id"] == diverged.info.run_id and record["learning_rate"] == 1000
+    assert record["diverged_at_step"] == diverged.data.metrics[metric_names.DIVERGED_AT_STEP] >= 1
+    assert diverged.data.tags[metric_names.TAG_DIVERGED] == "true"
+    assert diverged.data.tags[metric_names.TAG_LR_GRID] == "true"
+    assert diverged.data.params["train.learning_rate"] == "1000.0"
+    assert diverged.data.params["data.n_train"] == "200" and diverged.data.params["data.n_validation"] == "100"
+    fine = runs["bn_hidden-s0-lr0.05"]
+    assert fine.data.tags[metric_names.TAG_DIVERGED] == "false" and fine.info.status == "FINISHED"
+    assert fine.data.metrics[metric_names.VALIDATION_ACCURACY] == pytest.approx(
+        pd.read_csv(project / "results" / "lr_grid" / "bn_hidden-s0-lr0.05" / "history.csv")
+        ["validation_accuracy"].iloc[-1])
+    study_run = runs["plain-s0"]
+    assert study_run.data.tags[metric_names.TAG_DIVERGED] == "false" and metric_names.TAG_LR_GRID not in study_run.data.tags
+    # Only the study's models are registered: a grid's would take their aliases.
+    assert len(client.search_model_versions("name = 'test-study'")) == 2
+    assert sorted(client.get_registered_model("test-study").aliases) == ["bn_hidden-s0", "plain-s0"]
+
+    md = (project / "reports" / "comparison.md").read_text()
+    section = md[md.index("## Learning-rate sensitivity"):md.index("## Figures")]
+    assert "Diverged (training loss NaN or infinite, or an epoch's mean above 4.6" in section
+    assert "plain-s0-lr1000" in section and "bn_hidden-s0-lr1000" in section
+    assert "| 1000 | diverged (1 of 1 seed) | diverged (1 of 1 seed) |" in section
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics["lr_grid"]["plain"]["best_learning_rate"] == 0.05
+    assert metrics["lr_grid"]["plain"]["diverged_runs"] == 1
+    assert metrics["lr_grid"]["bn_hidden"]["test_accuracy_at_best"] == pytest.approx(
+        runs["bn_hidden-s0-lr0.05"].data.metrics[metric_names.TEST_ACCURACY], abs=1e-6)
+    assert (project / "reports" / "figures" / "learning_rates.png").stat().st_size > 1000
+    summary = client.search_runs([experiment.experiment_id], "tags.`pipeline.kind` = 'comparison'")[0]
+    assert summary.data.metrics["lr_grid.plain.best_learning_rate"] == 0.05
+    assert summary.data.tags["lr_grid.ranking_holds"] in ("true", "false")
