@@ -21,6 +21,8 @@ import pandas as pd
 from pipeline.params import VariantSpec
 
 RECORD_METRICS = ("test_loss", "test_accuracy")
+# Also in metrics.json when the record has them: a grid training's validation metrics, a diverged step.
+OPTIONAL_RECORD_METRICS = ("validation_loss", "validation_accuracy", "diverged_at_step")
 
 
 def write_artifacts(out: Path, model, spec: VariantSpec, data: dict, probs: np.ndarray, history: list[dict]) -> None:
@@ -88,7 +90,8 @@ def write_record(record_dir: Path, record: dict, history: list[dict], convergenc
         "history.csv": lambda p: pd.DataFrame(history).to_csv(p, index=False),
         "convergence.csv": lambda p: pd.DataFrame(list(convergence), columns=["step", "test_accuracy"]).to_csv(
             p, index=False),
-        "metrics.json": lambda p: p.write_text(json.dumps({k: record[k] for k in RECORD_METRICS}, indent=2) + "\n"),
+        "metrics.json": lambda p: p.write_text(json.dumps(
+            {k: record[k] for k in (*RECORD_METRICS, *OPTIONAL_RECORD_METRICS) if k in record}, indent=2) + "\n"),
         "record.json": lambda p: p.write_text(json.dumps(record, indent=2) + "\n"),
     }
     for name, write in writers.items():

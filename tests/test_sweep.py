@@ -324,6 +324,11 @@ def test_grid_through_the_ray_sweep_then_dvc_repro_reports_it(tmp_path):
     diverged = runs["plain-s0-lr1000"]
     assert record["run_id"] == diverged.info.run_id and record["learning_rate"] == 1000
     assert record["diverged_at_step"] == diverged.data.metrics[metric_names.DIVERGED_AT_STEP] >= 1
+    dvc_metrics = json.loads((project / "results" / "lr_grid" / "plain-s0-lr1000" / "metrics.json").read_text())
+    assert set(dvc_metrics) == {"test_loss", "test_accuracy", "validation_loss", "validation_accuracy",
+                                "diverged_at_step"}
+    assert set(json.loads((project / "results" / "plain-s0" / "metrics.json").read_text())) == {
+        "test_loss", "test_accuracy"}  # the study's records as before
     assert diverged.data.tags[metric_names.TAG_DIVERGED] == "true"
     assert diverged.data.tags[metric_names.TAG_LR_GRID] == "true"
     assert diverged.data.params["train.learning_rate"] == "1000.0"
