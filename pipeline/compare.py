@@ -175,11 +175,12 @@ def learning_rate_sensitivity(params: Params, results: Path, uri: str, table: pd
     summary = lr_report.summary(grid, variants)
     best = lr_report.best_rates(summary)
     lr_report.figure(summary, best, figures_dir / "learning_rates.png", params.lr_grid.validation_images)
-    as_written = {float(rate): rate for rate in rates}
-    chosen = {variant: as_written[rate] for variant, rate in best.items() if rate is not None}
-    best_records = {(v, s, rate): records[(v, s, rate)] for v, rate in chosen.items() for s in seeds}
-    best_runs = {(key[0], key[1]): run for key, run in fetch_runs(best_records, uri).items()}
-    at_best = summary.merge(pd.DataFrame({"variant": list(chosen), "rate": [float(r) for r in chosen.values()]}))
+    chosen = {variant: rate for variant, rate in best.items() if rate is not None}
+    # The grid's metrics above were enough to choose; the comparisons at the chosen rates also need each
+    # run's per-image predictions, so only those runs are read again, in full.
+    best_records = {key: record for key, record in records.items() if chosen.get(key[0]) == float(key[2])}
+    best_runs = {key[:2]: run for key, run in fetch_runs(best_records, uri).items()}
+    at_best = summary.merge(pd.DataFrame({"variant": list(chosen), "rate": list(chosen.values())}))
     at_best = at_best[["variant", "rate", "n_seeds", "test_accuracy_mean", "test_accuracy_std"]]
     significance = comparisons(best_runs, list(chosen), seeds, params.compare) if best_runs else pd.DataFrame()
     judgements = judge_conclusions(best_runs, significance, params) if best_runs else []

@@ -174,7 +174,8 @@ def fetch_runs(records: dict, uri: str) -> dict:
 
 
 def check_records_match(records: dict, runs: dict) -> None:
-    """A record whose test accuracy is not its run's was written by another training."""
+    """A record whose test accuracy is not its run's was written by another training (``runs`` keyed as
+    ``records``, each with ``run_id`` and ``test_accuracy``: ``RunData`` or ``GridRun``)."""
     for key, record in records.items():
         run = runs[key]
         if not math.isclose(record["test_accuracy"], run.test_accuracy, rel_tol=1e-9):
@@ -207,15 +208,13 @@ def fetch_grid(records: dict[GridKey, dict], uri: str) -> list[GridRun]:
     check_store(uri)
     client = mlflow.MlflowClient(uri)
     found = _find_runs(client, records) if records else {}
-    out = []
+    out = {}
     for key, record in records.items():
         run = found.get(record["run_id"])
         _check_run(run, record["run_id"], key, uri, GRID_METRICS)
-        if not math.isclose(record["test_accuracy"], run.data.metrics[metric_names.TEST_ACCURACY], rel_tol=1e-9):
-            raise UserError(f"{run_label(key)}: record and MLflow run {run.info.run_id} disagree on test_accuracy; "
-                            f"re-run `dvc repro -f {paths.stage_name(*key)}`")
         m = run.data.metrics
-        out.append(GridRun(key[0], key[1], float(key[2]), run.info.run_id, m[metric_names.VALIDATION_ACCURACY],
+        out[key] = GridRun(key[0], key[1], float(key[2]), run.info.run_id, m[metric_names.VALIDATION_ACCURACY],
                            m[metric_names.VALIDATION_LOSS], m[metric_names.TEST_ACCURACY], m[metric_names.TEST_LOSS],
-                           run.data.tags.get(metric_names.TAG_DIVERGED) == "true"))
-    return out
+                           run.data.tags.get(metric_names.TAG_DIVERGED) == "true")
+    check_records_match(records, out)
+    return list(out.values())

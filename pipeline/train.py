@@ -115,8 +115,6 @@ def resolve(variant: str, seed: int, params: Params, prepared: Path | None,
     spec = params.variant(variant)
     if not 0 <= seed < MAX_SEED:
         raise UserError(f"--seed = {seed} is invalid: must be from 0 to {MAX_SEED - 1}")
-    if grid_rate is not None and not grid_rate > 0:
-        raise UserError(f"--grid-rate = {grid_rate} is invalid: must be a learning rate > 0")
     experiment_id = tracking.prepare_experiment(params.mlflow.experiment)
     if prepared is None:
         ensure_prepared(params)
@@ -222,10 +220,21 @@ def fit(model, data: dict, setup: TrainSetup, options: TrainOptions, callbacks: 
               verbose=0, callbacks=[SignalGuard(), divergence, EpochLogger(test_batches, history, validation_batches),
                                     *callbacks, *options.callbacks])
     seconds = time.perf_counter() - start
-    speed = {"train_seconds": seconds, "images_per_second": len(history) * len(y_train) / seconds}
+    images = trained_images(len(y_train), settings.batch_size, len(history), divergence.diverged_at_step)
+    speed = {"train_seconds": seconds, "images_per_second": images / seconds}
     if divergence.diverged_at_step is not None:
         speed["diverged_at_step"] = divergence.diverged_at_step
     return history, speed
+
+
+def trained_images(n_train: int, batch_size: int, epochs: int, diverged_at_step: int | None) -> int:
+    """Images the optimizer saw: every image of every epoch run, or, for a training stopped at a
+    divergence, those of its steps up to that one (a stop mid-epoch still ends that epoch's history)."""
+    if diverged_at_step is None:
+        return epochs * n_train
+    steps_per_epoch = -(-n_train // batch_size)
+    whole, rest = divmod(diverged_at_step, steps_per_epoch)
+    return whole * n_train + min(rest * batch_size, n_train)
 
 
 def log_outputs(setup: TrainSetup, model, data: dict, history: list[dict], diagnostics) -> tuple[np.ndarray, float]:
@@ -263,6 +272,9 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
 
     params = (params or Params.load(params_path)).with_train(overrides)
     if grid_rate is not None:
+        # Checked here, before it becomes train.learning_rate, so the error names the flag given.
+        if not grid_rate > 0:
+            raise UserError(f"--grid-rate = {grid_rate} is invalid: must be a learning rate > 0")
         params = params.with_train({"learning_rate": grid_rate})
     backend.activate(params.train.backend, options.op_determinism)  # before anything imports Keras
     setup = resolve(variant, seed, params, prepared, grid_rate)

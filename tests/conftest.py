@@ -48,6 +48,24 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def ci_apt_install(*packages: str) -> None:
+    """Debian packages, installed only under CI as root (the browser and PostgreSQL tests). One
+    install at a time across test workers: apt holds a lock and fails, rather than waits, when
+    another apt runs."""
+    import fcntl
+    import shutil
+    import subprocess
+
+    if os.environ.get("CI") != "true" or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    with open("/tmp/lenet-tests-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env,
+                       check=False, capture_output=True, timeout=900)
+
+
 def make_project_copy(dest: Path, params: dict | None = None) -> Path:
     """A copy of the project's tracked files (no data, no store) as a fresh git + DVC repo:
     the benchmark's copy (``testbed.project_copy``), with the tiny params by default."""
@@ -77,3 +95,16 @@ def prepared_fixture(tmp_path_factory) -> Path:
             os.environ["MNIST_MIRROR"] = saved
     normalize(NormalizeSettings(scale=255.0), raw_dir=base / "raw", out_dir=base / "prepared", summary_path=base / "summary.json")
     return base / "prepared"
+
+
+# `make test` runs the files on two workers (pytest-xdist, ``--dist loadfile``: a file's tests stay
+# together, so its module fixtures are built once and its Ray clusters never overlap another's).
+# Started longest first, the two workers finish close together; the order is only a schedule.
+LONGEST_FIRST = ("test_reliability.py", "test_sweep.py", "test_bench.py", "test_backend.py", "test_train.py",
+                 "test_compare.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import yaml
 
-from conftest import VENV_BIN, make_project_copy, subprocess_env, tiny_params
+from conftest import VENV_BIN, ci_apt_install, make_project_copy, subprocess_env, tiny_params
 
 # Names the pipeline gives its temporary files and folders; none may outlive a process.
 TEMP_PREFIXES = ("lenet-artifacts-", "lenet-compare-", ".download-", ".prepared-", ".compare-")
@@ -247,14 +247,9 @@ def postgres_bin() -> Path | None:
 
 def ensure_postgres() -> Path | None:
     """PostgreSQL's server binaries; installed from Debian's packages only under CI as root."""
-    found = postgres_bin()
-    if found is None and os.environ.get("CI") == "true" and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], env=env, check=False,
-                       capture_output=True, timeout=900)
-        found = postgres_bin()
-    return found
+    if postgres_bin() is None:
+        ci_apt_install("postgresql")
+    return postgres_bin()
 
 
 @contextmanager

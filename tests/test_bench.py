@@ -101,7 +101,8 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     out = tmp_path / "out"
     env = subprocess_env(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out-dir", str(out),
-                           "--candidates", "spe=2", "arrays"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                           "--candidates", "spe=2", "arrays", "--candidate-variants", "bn_hidden"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not (ROOT / "reports" / "benchmark.json").exists() or \
         json.loads((ROOT / "reports" / "benchmark.json").read_text())["mode"] != "quick"
@@ -152,6 +153,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert isinstance(mem["meets_target"], bool)
 
     assert set(r["candidates"]) == {"baseline", "spe=2", "arrays"}
+    assert all(set(by_variant) == {"bn_hidden"} for by_variant in r["candidates"].values())  # --candidate-variants
     spe = r["candidates"]["spe=2"]["bn_hidden"]
     assert spe["steps_per_execution"] == 2 and _positive(spe["speedup"]) and _positive(spe["vs_bare_steady"])
     assert _positive(spe["paired_speedup_steady"]["median"]) and spe["paired_speedup_steady"]["n"] == 1

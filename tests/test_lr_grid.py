@@ -126,3 +126,15 @@ def test_divergence_guard_stops_at_the_step_the_loss_diverged(batch_losses, epoc
     guard.on_epoch_end(1, {"loss": epoch_loss})
     assert guard.diverged_at_step == expected
     assert getattr(guard.model, "stop_training", False) is (expected is not None)
+
+
+@pytest.mark.parametrize("diverged_at_step, expected", [
+    (None, 3 * 1000),            # three whole epochs
+    (3, 3 * 256),                # stopped inside the first epoch (4 steps make one)
+    (4 + 2, 1000 + 2 * 256),     # one whole epoch (4 steps, the last one 232 images), two more steps
+    (8, 2 * 1000),               # stopped at the end of the second epoch: its short last batch counts once
+])
+def test_a_diverged_training_counts_only_the_images_it_trained_on(diverged_at_step, expected):
+    from pipeline.train import trained_images
+
+    assert trained_images(1000, 256, 3, diverged_at_step) == expected

@@ -405,6 +405,15 @@ def test_zero_epochs_fails_before_a_run(env):
     assert env.n_runs() == before
 
 
+@pytest.mark.parametrize("rate", [-1.0, 0.0])
+def test_a_bad_grid_rate_is_refused_naming_the_flag_before_a_run(env, rate):
+    before = env.n_runs()
+    with pytest.raises(UserError, match=rf"^--grid-rate = {rate} is invalid: must be a learning rate > 0$"):
+        env.train("plain", grid_rate=rate, record_dir=env.root / "never")
+    assert not (env.root / "never").exists()
+    assert env.n_runs() == before
+
+
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "http://bob:hunter2@127.0.0.1:9/"])
 def test_unreachable_server_fails_fast_before_a_run(env, monkeypatch, uri):
     before = env.n_runs()

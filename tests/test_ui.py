@@ -10,7 +10,6 @@ skipped, saying so, when either is missing; in CI a missing one fails it."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -19,7 +18,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import VENV_BIN, tiny_params
+from conftest import VENV_BIN, ci_apt_install, tiny_params
 from pipeline import metric_names, tracking
 from tools import ui_screenshots as ui
 
@@ -30,12 +29,8 @@ VARIANTS = ("plain", "bn_hidden")
 
 def _ensure_chromium() -> None:
     """Debian's chromium, installed only under CI as root (as the PostgreSQL test does)."""
-    if ui.chromium_path() is None and os.environ.get("CI") == "true" and os.geteuid() == 0 \
-            and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], env=env,
-                       check=False, capture_output=True, timeout=900)
+    if ui.chromium_path() is None:
+        ci_apt_install("chromium")
 
 
 def _require_browser() -> None:
