@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", nargs="+", default=["plain", "dropout"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--train-limit", type=int, default=6000)
+    p.add_argument("--train-limit", type=int, default=6000, help="first N training images (0: all 60,000)")
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--diagnostics", choices=("on", "off"), default="on", help="as shipped: on")
@@ -86,7 +86,7 @@ def study_params(args: argparse.Namespace) -> dict:
     params = yaml.safe_load(paths.PARAMS.read_text())
     params["variants"] = {v: params["variants"][v] for v in args.variants}
     params["seeds"] = args.seeds
-    params["train"].update({"train_limit": args.train_limit, "test_limit": args.test_limit, "epochs": args.epochs})
+    params["train"].update({"train_limit": args.train_limit or None, "test_limit": args.test_limit, "epochs": args.epochs})
     params["diagnostics"]["enabled"] = args.diagnostics == "on"
     params["mlflow"]["experiment"] = "sweep-benchmark"
     return params
