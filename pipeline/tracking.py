@@ -29,7 +29,10 @@ from pipeline.errors import UserError
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0  # a server that is down refuses at once, or never connects within this
+# A server that accepted the connection may be busy (many trainings logging at once): it gets as long to
+# answer as MLflow's own client gives every request (MLFLOW_HTTP_REQUEST_TIMEOUT, 120 s by default).
+DEFAULT_READ_TIMEOUT_S = 120.0
 
 # The UI (MLflow 3) opens an experiment in its model-training mode with this kind, and offers
 # the runs-table view stored in the tag SHARED_VIEW_PREFIX + key as ?viewStateShareKey=key.
@@ -102,8 +105,16 @@ def default_artifact_location(uri: str) -> str | None:
     return (db.parent / ARTIFACTS_DIR).resolve().as_uri()
 
 
-def check_server(uri: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail fast, before any training, when a tracking server is down or refuses us."""
+def read_timeout() -> float:
+    """Seconds a connected server has to answer: MLflow's ``MLFLOW_HTTP_REQUEST_TIMEOUT``, else 120."""
+    try:
+        return float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or DEFAULT_READ_TIMEOUT_S)
+    except ValueError:
+        return DEFAULT_READ_TIMEOUT_S
+
+
+def check_server(uri: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, before any training, when a tracking server is down or refuses us; wait for a busy one."""
     if urlparse(uri).scheme not in ("http", "https"):
         return
     import requests
@@ -117,13 +128,19 @@ def check_server(uri: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
         headers["Authorization"] = f"Bearer {token}"
     probe = f"{base}/api/2.0/mlflow/experiments/get-by-name"
+    read = read_timeout()
     try:
         resp = requests.get(probe, params={"experiment_name": "Default"}, auth=auth, headers=headers,
-                            timeout=timeout)
+                            timeout=(connect_timeout, read))
+    except requests.exceptions.ReadTimeout:
+        raise UserError(
+            f"MLflow tracking server {redact(uri)} accepted the connection but did not answer within {read:g} s "
+            "(MLFLOW_HTTP_REQUEST_TIMEOUT); check its log, or unset MLFLOW_TRACKING_URI to use the local SQLite store"
+        ) from None
     except requests.RequestException as exc:
         reason = type(exc).__name__
         raise UserError(
-            f"MLflow tracking server {redact(uri)} is unreachable ({reason} within {timeout:g} s); "
+            f"MLflow tracking server {redact(uri)} is unreachable ({reason} within {connect_timeout:g} s); "
             "start it, or unset MLFLOW_TRACKING_URI to use the local SQLite store"
         ) from None
     if resp.status_code in (401, 403):

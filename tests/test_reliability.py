@@ -302,6 +302,63 @@ def test_training_against_a_server_that_is_down_fails_fast(tmp_path):
     assert not (project / "data").exists()  # failed before preparing data, let alone training
 
 
+class _SlowServer(http.server.ThreadingHTTPServer):
+    """Answers the pre-flight probe as MLflow would, after ``delay`` seconds: a busy tracking server."""
+
+    daemon_threads, block_on_close = True, False
+
+    def __init__(self, delay: float):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                time.sleep(delay)
+                body = b'{"experiment": {"experiment_id": "0", "name": "Default"}}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_a_busy_server_gets_as_long_as_mlflow_gives_it(monkeypatch):
+    """Slower than the 5 s connect timeout (eight trainings logging at once did that) is not "down"."""
+    from pipeline import tracking
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    server = _SlowServer(delay=tracking.CONNECT_TIMEOUT_S + 1)
+    try:
+        tracking.check_server(server.url)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_never_answers_fails_after_mlflows_request_timeout(monkeypatch):
+    from pipeline import tracking
+    from pipeline.errors import UserError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    server = _SlowServer(delay=60)
+    start = time.monotonic()
+    try:
+        with pytest.raises(UserError, match=r"accepted the connection but did not answer within 2 s "
+                                            r"\(MLFLOW_HTTP_REQUEST_TIMEOUT\)"):
+            tracking.check_server(server.url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - start < 10
+
+
 # --------------------------------------------------------------------------- 5. authentication
 
 
