@@ -145,6 +145,7 @@ class LrGridSettings(Section):
 
     learning_rates: LearningRates = []
     validation_images: PositiveInt = 5000
+    epochs: PositiveInt | None = None  # each grid training's epochs; None: train.epochs
 
 
 class ReferenceResult(Section):

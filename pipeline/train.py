@@ -18,7 +18,8 @@ DVC record in ``DIR`` (``record.json``, ``metrics.json``, ``history.csv``, ``con
 after the run finished. ``train(...)`` returns all of it as a ``TrainResult``.
 
 ``--grid-rate R`` (the ``lr_grid`` stage) trains one point of the learning-rate grid instead: rate
-R, on the training images minus ``lr_grid.validation_images`` of them (chosen by the seed),
+R, for ``lr_grid.epochs`` epochs when set (else ``train.epochs``), on the training images minus
+``lr_grid.validation_images`` of them (chosen by the seed),
 whose loss and accuracy are logged every epoch beside the test set's; the run is
 ``<variant>-s<seed>-lr<R>`` with tags ``lr_grid`` and ``learning_rate``, its model is not registered.
 A training whose loss becomes NaN or infinite, or whose epoch mean is above twice a uniform
@@ -275,7 +276,10 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
         # Checked here, before it becomes train.learning_rate, so the error names the flag given.
         if not grid_rate > 0:
             raise UserError(f"--grid-rate = {grid_rate} is invalid: must be a learning rate > 0")
-        params = params.with_train({"learning_rate": grid_rate})
+        grid_train: dict = {"learning_rate": grid_rate}
+        if params.lr_grid.epochs is not None and (overrides or {}).get("epochs") is None:
+            grid_train["epochs"] = params.lr_grid.epochs  # a shorter grid; --epochs still wins
+        params = params.with_train(grid_train)
     backend.activate(params.train.backend, options.op_determinism)  # before anything imports Keras
     setup = resolve(variant, seed, params, prepared, grid_rate)
     data = load_data(setup.params.train, setup.prepared)

@@ -298,7 +298,7 @@ def test_grid_through_the_ray_sweep_then_dvc_repro_reports_it(tmp_path):
     params["variants"] = {"plain": params["variants"]["plain"]}
     params["diagnostics"]["enabled"] = False
     params["convergence"].update({"every_steps": 1, "images": 200})
-    params["lr_grid"] = {"learning_rates": [0.05, 1000], "validation_images": 100}
+    params["lr_grid"] = {"learning_rates": [0.05, 1000], "validation_images": 100, "epochs": 2}
     project = make_project_copy(tmp_path / "project", params)
     env = subprocess_env(tmp_path)
 
@@ -348,6 +348,9 @@ def test_grid_through_the_ray_sweep_then_dvc_repro_reports_it(tmp_path):
     md = (project / "reports" / "comparison.md").read_text()
     section = md[md.index("## Learning-rate sensitivity"):md.index("## Figures")]
     assert "Diverged (training loss NaN or infinite, or an epoch's mean above 4.6" in section
+    assert "Validation accuracy after 2 epochs (`lr_grid.epochs`; the study trains 1)" in section
+    assert "study's, for 2 epochs instead of 1: the best rates and the ranking at them are for that budget" in section
+    assert fine.data.params["train.epochs"] == "2" and study_run.data.params["train.epochs"] == "1"
     assert "the training stopped there): plain-s0-lr1000." in section
     assert re.search(r"\|\s+1000 \|\s+diverged \(1 of 1 seed\) \|", section), section
     assert re.search(r"\|\s+0\.05 \|\s+\*\*0\.\d{4}\*\* \|", section), section  # the best rate, in bold

@@ -414,6 +414,27 @@ def test_a_bad_grid_rate_is_refused_naming_the_flag_before_a_run(env, rate):
     assert env.n_runs() == before
 
 
+def test_lr_grid_epochs_shortens_grid_trainings_only_and_the_flag_still_wins(env, tmp_path):
+    """lr_grid.epochs = 1 with train.epochs = 2: a grid training trains 1 epoch (logged as such);
+    the study's training keeps 2; --epochs given with --grid-rate overrides both."""
+    params = tiny_params(train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT, epochs=2)
+    params["lr_grid"] = {"learning_rates": [0.05], "validation_images": 100, "epochs": 1}
+    params["diagnostics"]["enabled"] = False
+    params["convergence"]["enabled"] = False
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+
+    def epochs_of(**kw) -> tuple[str, int]:
+        result = train("plain", 0, params_path=path, prepared=env.prepared, **kw)
+        run = env.client.get_run(result.record["run_id"])
+        return run.data.params["train.epochs"], len(env.client.get_metric_history(run.info.run_id,
+                                                                                   metric_names.TEST_ACCURACY))
+
+    assert epochs_of(grid_rate=0.05) == ("1", 1)
+    assert epochs_of() == ("2", 2)
+    assert epochs_of(grid_rate=0.05, overrides={"epochs": 3}) == ("3", 3)
+
+
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "http://bob:hunter2@127.0.0.1:9/"])
 def test_unreachable_server_fails_fast_before_a_run(env, monkeypatch, uri):
     before = env.n_runs()
