@@ -10,9 +10,11 @@ command-line numbers of the training stage (``--seed``, ``--epochs`` …), check
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pipeline.errors import UserError
 
@@ -22,8 +24,18 @@ from pipeline.errors import UserError
 pending_signals: list[int] = []
 
 
+# While above 0 (inside ``signals_at_safe_points``), a first signal is only noted: the loop raises
+# it at its next safe point. Raised at an arbitrary bytecode, the interrupt can land inside
+# TensorFlow's or SQLite's Python glue (a half-built tf.function, an MLflow call in a callback),
+# whose unwinding can crash the process (exit -11) before any clean-up runs.
+_defer_depth = 0
+_deferred_from = 0  # len(pending_signals) when deferring began
+
+
 def _interrupt(signum, frame):
     pending_signals.append(signum)
+    if _defer_depth and len(pending_signals) - _deferred_from == 1:
+        return  # the first one, while deferring: raised at the next safe point
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -39,8 +51,26 @@ def raise_pending_signal() -> None:
         raise KeyboardInterrupt(f"signal {pending_signals[-1]} (raised again at the next batch)")
 
 
+@contextlib.contextmanager
+def signals_at_safe_points() -> Iterator[None]:
+    """Inside, SIGINT or SIGTERM is raised only where the body calls ``raise_pending_signal`` (training:
+    at the next batch, ``pipeline.callbacks.SignalGuard``) or, at the latest, on leaving; a second
+    signal raises at once, for someone who presses Ctrl-C twice."""
+    global _defer_depth, _deferred_from
+    if _defer_depth == 0:
+        _deferred_from = len(pending_signals)
+    _defer_depth += 1
+    try:
+        yield
+    finally:
+        _defer_depth -= 1
+    raise_pending_signal()
+
+
 def run_main(body: Callable[[], Any]) -> None:
-    """Run a stage's main body with one-line errors and signal handling (see module docstring)."""
+    """Run a stage's main body with one-line errors and signal handling (see module docstring).
+    A crash of native code (TensorFlow, SQLite) prints every thread's Python stack (faulthandler)."""
+    faulthandler.enable()
     install_signal_handlers()
     try:
         body()

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline import backend, metric_names, paths, tracking
+from pipeline import backend, cli, metric_names, paths, tracking
 from pipeline.artifacts import write_artifacts, write_record
 from pipeline.cli import TRAIN_OVERRIDE_FLAGS, number, run_main, train_overrides, whole_number
 from pipeline.errors import UserError
@@ -217,9 +217,11 @@ def fit(model, data: dict, setup: TrainSetup, options: TrainOptions, callbacks: 
                           if "y_val" in data else None)
     divergence = DivergenceGuard()
     start = time.perf_counter()
-    model.fit(**fit_inputs(data["x_train"], y_train, settings, setup.seed, options.inputs), epochs=settings.epochs,
-              verbose=0, callbacks=[SignalGuard(), divergence, EpochLogger(test_batches, history, validation_batches),
-                                    *callbacks, *options.callbacks])
+    with cli.signals_at_safe_points():  # Ctrl-C or kill: raised at the next batch, not inside TensorFlow
+        model.fit(**fit_inputs(data["x_train"], y_train, settings, setup.seed, options.inputs),
+                  epochs=settings.epochs, verbose=0,
+                  callbacks=[SignalGuard(), divergence, EpochLogger(test_batches, history, validation_batches),
+                             *callbacks, *options.callbacks])
     seconds = time.perf_counter() - start
     images = trained_images(len(y_train), settings.batch_size, len(history), divergence.diverged_at_step)
     speed = {"train_seconds": seconds, "images_per_second": images / seconds}

@@ -659,6 +659,73 @@ def test_an_interrupt_python_swallowed_still_stops_training_at_the_next_batch(en
     assert not (env.root / "swallowed").exists()
 
 
+@pytest.fixture
+def stage_signal_handlers():
+    """run_main's SIGINT/SIGTERM handlers in this process for one test, then the previous ones."""
+    import signal
+
+    from pipeline import cli
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    cli.install_signal_handlers()
+    cli.pending_signals.clear()
+    yield cli
+    cli.pending_signals.clear()
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def test_a_signal_during_fit_is_raised_at_the_next_batch_not_inside_keras(env, stage_signal_handlers):
+    """SIGINT arriving inside Keras (here: a batch callback) does not raise there, where it could
+    unwind TensorFlow's or SQLite's glue half-way (the process once died -11 instead of exiting 130);
+    the training raises it at the next batch, and the run ends KILLED with no record."""
+    import os
+    import signal
+
+    import keras
+
+    from pipeline.train import TrainOptions
+
+    seen: list[tuple[int, str]] = []
+
+    class KillAtBatch2(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((batch, "end"))
+            if batch == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                seen.append((batch, "kill returned"))  # reached only if the signal did not raise here
+
+    with pytest.raises(KeyboardInterrupt, match=r"signal 2 \(raised again at the next batch\)"):
+        env.train("plain", 8, record_dir=env.root / "deferred", options=TrainOptions(callbacks=[KillAtBatch2()]))
+    assert seen == [(0, "end"), (1, "end"), (2, "end"), (2, "kill returned")]
+    exp = env.client.get_experiment_by_name(EXPERIMENT)
+    runs = env.client.search_runs([exp.experiment_id], "attributes.run_name = 'plain-s8'", run_view_type=ViewType.ALL)
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert not (env.root / "deferred").exists()
+
+
+def test_a_second_signal_or_leaving_the_loop_raises_a_deferred_one(stage_signal_handlers):
+    import os
+    import signal
+
+    cli = stage_signal_handlers
+    with pytest.raises(KeyboardInterrupt, match=r"^signal 15$"):
+        with cli.signals_at_safe_points():
+            os.kill(os.getpid(), signal.SIGINT)   # noted only
+            os.kill(os.getpid(), signal.SIGTERM)  # Ctrl-C twice: at once
+    cli.pending_signals.clear()
+    with pytest.raises(KeyboardInterrupt, match=r"signal 2 \(raised again"):
+        with cli.signals_at_safe_points():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler has run by now and did not raise
+    cli.pending_signals.clear()
+    with cli.signals_at_safe_points():
+        pass  # nothing pending: nothing raised
+    with pytest.raises(KeyboardInterrupt, match=r"^signal 2$"):
+        os.kill(os.getpid(), signal.SIGINT)  # outside: at once, as before
+        time.sleep(0.05)
+
+
 def test_train_returns_its_result_and_takes_callbacks_and_compile_options(env):
     """A caller (benchmark, cluster executor) gets the model, history and metrics back and adds
     its own callbacks and compile options; nothing in the stage is patched."""
