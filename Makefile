@@ -40,7 +40,7 @@ sweep: $(STAMP)
 # columns, best first), then serves the local store on it.
 UI_PORT ?= 5000
 ui: $(STAMP)
-	@MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db $(BIN)/python -m pipeline.tracking ui-url http://127.0.0.1:$(UI_PORT)
+	@MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db $(BIN)/python -m pipeline.core.tracking ui-url http://127.0.0.1:$(UI_PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 clean-venv:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import UserError
-from pipeline.paths import ROOT
+from pipeline.core.errors import UserError
+from pipeline.core.paths import ROOT
 
 FIXTURE_MNIST = ROOT / "tests" / "fixtures" / "mnist"
 

@@ -10,7 +10,7 @@ In: ``params.yaml`` (variants, the ``train`` and ``diagnostics`` sections), the 
 
 Out: ``reports/benchmark.json`` and ``reports/benchmark.md`` (``--out-dir`` elsewhere):
 
-- ``throughput``: images/s of ``pipeline.train.train`` (its own ``images_per_second``
+- ``throughput``: images/s of ``pipeline.train.stage.train`` (its own ``images_per_second``
   metric, diagnostics on as shipped and off) and of a bare Keras script (the notebook's
   way: same ``build_lenet`` model, same optimizer/loss/metric, ``model.fit`` on NumPy
   arrays, same batch size, no callbacks), per variant, median and min–max over

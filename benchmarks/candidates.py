@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 HELP = "use baseline or parts like spe=16, threads=2x1, xla, nodet, arrays, onednn=0, jax, noconv joined with '+'"
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from benchmarks.plan import DEFAULT_VARIANTS, Plan, load_params, make_plan
 from benchmarks.quiet import QUIET_CORES, CpuAccount, say, wait_for_quiet
-from pipeline import paths
-from pipeline.cli import run_main
+from pipeline.core import paths
+from pipeline.core.cli import run_main
 
 DESCRIPTION = "Benchmark: the training pipeline against a bare Keras script, the DVC stages, the machine."
 

@@ -1,6 +1,6 @@
 """FLOPs of a LeNet forward pass, counted from the layers of the Keras model.
 
-In: a built Keras model (``pipeline.model.build_lenet``). Out: ``layer_flops`` (one row per
+In: a built Keras model (``pipeline.train.model.build_lenet``). Out: ``layer_flops`` (one row per
 layer: output shape, matmul and elementwise FLOPs per image) and ``flops_summary``
 (forward, matmul, elementwise and training FLOPs per image, plus those rows).
 """

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from benchmarks.plan import Plan
 from benchmarks.quiet import CpuAccount, say, wait_for_quiet
-from pipeline import paths
-from pipeline.errors import UserError
+from pipeline.core import paths
+from pipeline.core.errors import UserError
 
 # Variables a surrounding DVC stage or MLflow run would leak into the runs.
 LEAKY_VARIABLES = ("DVC_ROOT", "DVC_EXP_NAME", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pipeline import paths
+from pipeline.core import paths
 
 
 def git(*args: str) -> str:

@@ -16,8 +16,8 @@ import yaml
 
 from benchmarks.candidates import Candidate
 from benchmarks.quiet import QUIET_CORES
-from pipeline import paths
-from pipeline.errors import UserError
+from pipeline.core import paths
+from pipeline.core.errors import UserError
 
 DEFAULT_VARIANTS = ("bn_hidden", "dropout")
 QUICK_LIMITS = (512, 256)  # training and test images of a --quick run

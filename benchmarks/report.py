@@ -20,7 +20,7 @@ from benchmarks.flops import TRAIN_FLOPS_FACTOR
 from benchmarks.quiet import QUIET_CORES, say
 from benchmarks.spread import ratio
 from benchmarks.summary import GIB, TARGETS, diagnostics_cost
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 TEMPLATE = Path(__file__).with_name("report.md.j2")
 MIB = 2 ** 20

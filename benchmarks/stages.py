@@ -24,8 +24,8 @@ from benchmarks.launch import clean_env
 from benchmarks.plan import Plan, load_params
 from benchmarks.quiet import say
 from benchmarks.spread import spread
-from pipeline import paths
-from pipeline.errors import UserError
+from pipeline.core import paths
+from pipeline.core.errors import UserError
 from testbed import FIXTURE_MNIST, fixture_pins, project_copy
 
 RUNNING = re.compile(r"Running stage '([^']+)'")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import paths
+from pipeline.core import paths
 from testbed import project_copy
 
 
@@ -55,8 +55,8 @@ def _metrics(project: Path) -> dict[str, dict]:
 
 def _driver_cost(project: Path, stage: str, rounds: int = 3) -> float:
     """Seconds the sweep's driver spends per finished training: the record and `dvc commit`."""
-    code = ("import json,sys,time; from pathlib import Path; from pipeline.sweep_dvc import commit;"
-            "from pipeline.artifacts import write_record; import pandas as pd;"
+    code = ("import json,sys,time; from pathlib import Path; from pipeline.sweep.dvc import commit;"
+            "from pipeline.train.artifacts import write_record; import pandas as pd;"
             f"d=Path('results')/'{stage.split('@')[1].rsplit('-', 1)[0]}-s{stage.rsplit('-', 1)[1]}';"
             "r=json.loads((d/'record.json').read_text()); h=pd.read_csv(d/'history.csv').to_dict('records');"
             f"t=time.perf_counter()\nfor _ in range({rounds}): write_record(d, r, h); commit('{stage}')\n"

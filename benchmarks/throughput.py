@@ -19,8 +19,8 @@ from benchmarks.candidates import Candidate, onednn_env
 from benchmarks.launch import measure
 from benchmarks.plan import Plan
 from benchmarks.quiet import say
-from pipeline import paths
-from pipeline.errors import UserError
+from pipeline.core import paths
+from pipeline.core.errors import UserError
 from testbed import FIXTURE_MNIST, fixture_pins
 
 MODES = ("bare", "pipeline", "pipeline_nodiag")
@@ -93,9 +93,9 @@ def measure_candidates(plan: Plan, base: dict, prepared: Path, work: Path) -> di
 
 def prepare_fixture(work: Path) -> Path:
     """The fixture subset through the real download and normalize stages, under ``work``."""
-    from pipeline.download import download
-    from pipeline.normalize import normalize
-    from pipeline.params import DownloadSettings, NormalizeSettings
+    from pipeline.data.download import download
+    from pipeline.data.normalize import normalize
+    from pipeline.core.params import DownloadSettings, NormalizeSettings
 
     base = work / "fixture-data"
     saved = os.environ.pop("MNIST_MIRROR", None)

@@ -8,7 +8,7 @@ every epoch's seconds, test loss/accuracy, a SHA-256 of the final weights and th
 process's peak RSS; the hardware measurement gives float32 matmul FLOP/s (NumPy, TF) and
 every variant's FLOPs per image.
 
-The pipeline is driven only through ``pipeline.train.train`` and its ``TrainOptions``.
+The pipeline is driven only through ``pipeline.train.stage.train`` and its ``TrainOptions``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def weights_digest(model) -> str:
 
 def train_pipeline(spec: dict, candidate: Candidate, params, timer: EpochTimer) -> tuple[Any, dict]:
     """The pipeline's own ``train()``, timed by its ``images_per_second`` metric."""
-    from pipeline.train import TrainOptions, train
+    from pipeline.train.stage import TrainOptions, train
 
     options = TrainOptions(callbacks=(timer.callback,), compile={"jit_compile": True} if candidate.xla else {},
                            op_determinism=candidate.determinism, inputs="arrays" if candidate.arrays else "batches")
@@ -76,8 +76,8 @@ def train_bare(spec: dict, params, timer: EpochTimer) -> tuple[Any, dict]:
     """The notebook's way: the same model and optimizer, ``model.fit`` on NumPy arrays."""
     import keras
 
-    from pipeline.inputs import load_data
-    from pipeline.model import build_lenet
+    from pipeline.train.inputs import load_data
+    from pipeline.train.model import build_lenet
 
     settings = params.train
     data = load_data(settings, Path(spec["prepared"]))
@@ -99,8 +99,8 @@ def train_bare(spec: dict, params, timer: EpochTimer) -> tuple[Any, dict]:
 
 def worker_train(spec: dict) -> dict:
     """One training measurement: ``spec['mode']`` is ``bare`` or ``pipeline``."""
-    from pipeline import backend
-    from pipeline.params import Params
+    from pipeline.core import backend
+    from pipeline.core.params import Params
 
     candidate = Candidate(**spec.get("candidate", {}))
     params = Params.load(Path(spec["params"])).with_train({"backend": candidate.backend})
@@ -141,8 +141,8 @@ def worker_hardware(spec: dict) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.model import build_lenet
-    from pipeline.params import Params
+    from pipeline.train.model import build_lenet
+    from pipeline.core.params import Params
 
     n, repeats = int(spec["matmul_n"]), int(spec["matmul_repeats"])
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.paths import ROOT  # noqa: F401  (re-exported to the tests)
+from pipeline.core.paths import ROOT  # noqa: F401  (re-exported to the tests)
 from testbed import FIXTURE_MNIST, fixture_pins  # noqa: F401  (re-exported to the tests)
 from testbed import project_copy as _testbed_project_copy
 
@@ -80,11 +80,11 @@ def project_copy(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def prepared_fixture(tmp_path_factory) -> Path:
     """The fixture subset run through the real download and normalize stages."""
-    from pipeline.download import download
-    from pipeline.normalize import normalize
+    from pipeline.data.download import download
+    from pipeline.data.normalize import normalize
 
     base = tmp_path_factory.mktemp("data")
-    from pipeline.params import DownloadSettings, NormalizeSettings
+    from pipeline.core.params import DownloadSettings, NormalizeSettings
 
     settings = DownloadSettings(mirrors=[str(FIXTURE_MNIST)], files=fixture_pins())
     saved = os.environ.pop("MNIST_MIRROR", None)

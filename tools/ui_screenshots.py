@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline import metric_names, tracking  # noqa: E402
+from pipeline.core import metric_names
+from pipeline import tracking  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("chromium not found: apt-get install chromium")
     experiment = args.experiment
     if experiment is None:
-        from pipeline.params import Params
+        from pipeline.core.params import Params
 
         experiment = Params.load().mlflow.experiment
     for path in save(args.base, experiment, args.out):

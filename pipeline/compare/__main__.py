@@ -1,0 +1,5 @@
+"""``python -m pipeline.compare``: see ``pipeline.compare.stage``."""
+
+from pipeline.compare.stage import main
+
+main()

@@ -1,0 +1,148 @@
+"""The comparison report as Markdown, rendered from the Jinja2 templates in ``pipeline/compare/templates``.
+
+In: a ``ReportData`` (the compare stage's variant table and significance table, the params,
+the figure names, the diagnostics section from ``pipeline.compare.diagnostics``) and ``Links``
+saying where figures and run ids point.
+Out: ``render(data, links)`` returns the Markdown. With ``FILE_LINKS`` (the default) figures
+are ``figures/<name>`` beside ``reports/comparison.md``; with ``Links.mlflow_ui(...)`` they are
+the MLflow UI's ``get-artifact`` URLs of the ``comparison`` run and run ids link to their run
+pages, for that run's description. Tables are ``DataFrame.to_markdown``; nothing is computed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from pipeline.compare import conclusions, convergence, diagnostics, lr_grid, results, significance
+from pipeline.compare.convergence import Convergence
+from pipeline.compare.lr_grid import LrGrid
+from pipeline.core import paths, tracking
+from pipeline.core.params import Params
+
+TEMPLATES = Path(__file__).parent / "templates"
+FIGURE_TITLES = {"curves.png": "Test accuracy and loss per epoch", "accuracy.png": "Final test accuracy with intervals",
+                 "bn_parameters.png": "Learned batch-norm gamma and beta"}
+
+
+@dataclass(frozen=True)
+class Links:
+    """Where the report's figures and run ids point.
+
+    ``artifacts_run_id``: the run whose ``figures/`` artifacts the figures are (None: files
+    beside the report). ``experiment_id``: the training runs' experiment (None: plain ids).
+    """
+    artifacts_run_id: str | None = None
+    experiment_id: str | None = None
+
+    @classmethod
+    def mlflow_ui(cls, artifacts_run_id: str, experiment_id: str) -> Links:
+        return cls(artifacts_run_id, experiment_id)
+
+    def figure(self, name: str) -> str:
+        if self.artifacts_run_id is None:
+            return f"figures/{name}"
+        # Relative to the UI page (http://host:port/ or under a --static-prefix): the UI's own
+        # artifact endpoint, mlflow.server's /get-artifact?path=…&run_uuid=…
+        return "get-artifact?" + urlencode({"path": f"figures/{name}", "run_uuid": self.artifacts_run_id})
+
+    def run(self, run_id: str) -> str:
+        if self.experiment_id is None:
+            return run_id
+        return f"[{run_id}](#/experiments/{self.experiment_id}/runs/{run_id})"
+
+
+FILE_LINKS = Links()
+
+
+@dataclass
+class ReportData:
+    table: pd.DataFrame          # pipeline.compare.results.variant_table
+    significance: pd.DataFrame   # pipeline.compare.significance.comparisons (empty: nothing to compare)
+    params: Params
+    experiment: str
+    store: str                   # store_label(uri)
+    figures: list[str]
+    diagnostics: object | None   # pipeline.compare.diagnostics.DiagnosticsSection
+    n_train: int
+    n_test: int
+    conclusions: list = field(default_factory=list)   # pipeline.compare.conclusions.Judgement, in params order
+    convergence: Convergence | None = None
+    lr_grid: LrGrid | None = None
+    metrics: dict = field(default_factory=dict)     # reports/metrics.json (pipeline.compare.stage.metrics_summary)
+
+
+def store_label(uri: str, root: Path | None = None) -> str:
+    """The tracking store without this machine's paths: a local store under ``root`` (the store
+    root, by default) relative to it, one elsewhere as ``…/<file name>``, a URL with credentials redacted."""
+    root = (root or paths.store_root()).resolve()
+    for prefix in ("sqlite:///", "file://"):
+        if uri.startswith(prefix):
+            path = Path(uri[len(prefix):]).resolve()
+            return path.relative_to(root).as_posix() if path.is_relative_to(root) else f"…/{path.name}"
+    return tracking.redact(uri)
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, trim_blocks=True,
+                      lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env.filters["fmt"] = format
+    env.globals.update(coadaptation_claim=diagnostics.coadaptation_claim,
+                       variance_shift_call=diagnostics.variance_shift_call, pair_evidence=conclusions.pair_evidence)
+    return env
+
+
+def render_diagnostics(section, links: Links = FILE_LINKS) -> str:
+    """The diagnostics section alone (the full report includes it)."""
+    template = _environment().get_template("diagnostics.md.j2")
+    return template.render(diagnostics=section, links=links, **diagnostics.tables(section))
+
+
+def render(data: ReportData, links: Links = FILE_LINKS, with_diagnostics: bool = True) -> str:
+    """The report; without ``with_diagnostics`` the diagnostics section is replaced by a pointer to ``comparison.md``."""
+    tests = data.significance
+    context = {
+        "with_diagnostics": with_diagnostics,
+        "experiment": data.experiment, "store": data.store, "seeds": data.params.seeds,
+        "control": data.params.compare.control, "train": data.params.train, "alpha": data.params.compare.alpha,
+        "n_train": data.n_train, "n_test": data.n_test, "links": links,
+        "results_table": results.markdown(data.table, data.params.compare.confidence),
+        "runs_by_variant": [{"variant": r.variant, "run_ids": r.run_ids.split()} for r in data.table.itertuples()],
+        "significance_table": None if tests.empty else significance.markdown(tests),
+        "verdicts": [] if tests.empty else tests["verdict"].tolist(),
+        "figures": [{"name": name, "title": FIGURE_TITLES.get(name, name)} for name in data.figures],
+        "conclusions": data.conclusions, "confidence": data.params.compare.confidence,
+        "convergence": data.convergence, "convergence_settings": data.params.convergence,
+        "steps_table": None if data.convergence is None else convergence.markdown(
+            data.convergence, -(-data.n_train // data.params.train.batch_size)),
+        "lr_grid": data.lr_grid, "lr_grid_settings": data.params.lr_grid,
+        "grid_table": None if data.lr_grid is None else lr_grid.grid_markdown(data.lr_grid),
+        "best_table": None if data.lr_grid is None else lr_grid.best_markdown(data.lr_grid, data.table,
+                                                                              data.params.train.learning_rate),
+        "diagnostics": data.diagnostics,
+        **(diagnostics.tables(data.diagnostics) if data.diagnostics else {}),
+    }
+    return _environment().get_template("comparison.md.j2").render(context)
+
+
+def render_description(data: ReportData, links: Links, limit: int) -> str:
+    """The report for an MLflow run description, at most ``limit`` characters (MLflow's tag limit):
+    whole when it fits, else without the diagnostics section, else cut at a line with a pointer."""
+    text = render(data, links)
+    if len(text) <= limit:
+        return text
+    return cut(render(data, links, with_diagnostics=False), limit)
+
+
+CUT_NOTE = "\n\n*(cut to fit MLflow's description limit: the whole report is `comparison.md` among this run's artifacts)*\n"
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters, else its whole lines that fit with ``CUT_NOTE`` after them."""
+    if len(text) <= limit:
+        return text
+    return text[:max(text.rfind("\n", 0, limit - len(CUT_NOTE)), 0)] + CUT_NOTE

@@ -1,0 +1,278 @@
+"""``params.yaml`` read once and validated as a whole: the typed ``Params`` every stage receives.
+
+In: the path of a params file (``params.yaml`` at the project root by default), or the
+mapping already read from one.
+Out: a frozen ``Params`` with one typed section per stage (``download``, ``normalize``,
+``mlflow``, ``train``, ``seeds``, ``variants``, ``diagnostics``, ``convergence``, ``lr_grid``,
+``compare``). Every
+problem becomes a ``UserError`` whose one line names the field and says what is allowed:
+``params: 'train.epochs' = 0 is invalid: must be > 0``; unknown fields are listed with the
+allowed names; a YAML syntax error carries its line and column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from pipeline.core import paths
+from pipeline.core.errors import UserError
+from pipeline.core.fields import (Backend, Bool, LearningRates, Limit, Name, Pair, Pins, PositiveFloat, PositiveInt,
+                             Probability, Rate, Seeds, Sources)
+
+class Section(BaseModel):
+    """A mapping in params.yaml: frozen, unknown keys refused with the allowed ones listed."""
+
+    model_config = ConfigDict(frozen=True)
+    internal_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            allowed = sorted(set(cls.model_fields) - cls.internal_fields)
+            if unknown:
+                raise PydanticCustomError("unknown_fields", "has unknown field(s) {unknown}; allowed: {allowed}",
+                                          {"unknown": unknown, "allowed": allowed})
+        return data
+
+
+# --- Sections --------------------------------------------------------------------------------
+
+
+class DownloadSettings(Section):
+    mirrors: Sources = []
+    files: Pins
+
+
+class NormalizeSettings(Section):
+    scale: PositiveFloat
+
+
+class MlflowSettings(Section):
+    experiment: Name
+
+
+class TrainSettings(Section):
+    """The fixed (non-scientific) training settings; the notebook's by default."""
+
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    learning_rate: PositiveFloat
+    momentum: Rate = 0.0
+    shuffle: Bool = True
+    train_limit: Limit = None
+    test_limit: Limit = None
+    steps_per_execution: PositiveInt = 1
+    backend: Backend = "tensorflow"
+
+    def flat(self) -> dict[str, Any]:
+        return {f"train.{k}": v for k, v in self.model_dump().items()}
+
+
+class VariantSpec(Section):
+    """Where a LeNet-5 variant puts batch norm and dropout.
+
+    Dropout sits before batch norm where both are present, and both sit between
+    a conv/dense layer and its tanh, as in the 2019 notebook.
+    """
+
+    internal_fields: ClassVar[frozenset[str]] = frozenset({"name"})
+
+    name: str
+    bn_input: Bool = False
+    bn_hidden: Bool = False
+    dropout_input: Rate = 0.0
+    dropout_hidden: Rate = 0.0
+    conv_bias: Bool = False
+
+    @property
+    def has_bn(self) -> bool:
+        return self.bn_input or self.bn_hidden
+
+    @property
+    def has_dropout(self) -> bool:
+        return self.dropout_input > 0 or self.dropout_hidden > 0
+
+    def describe(self) -> str:
+        parts = []
+        if self.has_bn:
+            where = [w for w, on in (("input", self.bn_input), ("hidden", self.bn_hidden)) if on]
+            parts.append("BN on " + " + ".join(where))
+        if self.has_dropout:
+            parts.append(f"dropout {self.dropout_input:g} input / {self.dropout_hidden:g} hidden")
+        if not parts:
+            parts.append("no BN, no dropout")
+        parts.append("conv1-2 bias " + ("on" if self.conv_bias else "off"))
+        return "; ".join(parts)
+
+
+class DiagnosticsSettings(Section):
+    """What the training stage measures besides loss and accuracy (see pipeline.diagnostics)."""
+
+    enabled: Bool = True  # the master switch: false turns every diagnostic off
+    covariate_shift: Bool = True
+    coadaptation: Bool = True
+    variance_shift: Bool = True
+    probe_size: PositiveInt = 256
+    every_n_batches: PositiveInt = 100
+    variance_shift_images: PositiveInt = 2000
+
+    @property
+    def any(self) -> bool:
+        return self.enabled and (self.covariate_shift or self.coadaptation or self.variance_shift)
+
+
+class ConvergenceSettings(Section):
+    """Convergence speed (Ioffe & Szegedy 2015, Fig. 1a): accuracy on held-out images every
+    ``every_steps`` optimizer steps, and the accuracies whose steps-to-reach the report tables."""
+
+    enabled: Bool = True
+    every_steps: PositiveInt = 100
+    images: PositiveInt = 2000      # the first N test images (the probe batch is the last ones)
+    targets: list[Probability] = [0.95, 0.97, 0.98]
+
+
+class LrGridSettings(Section):
+    """The learning-rate grid (off while ``learning_rates`` is empty): every variant and seed also
+    trains at each rate on the training images minus ``validation_images`` of them, chosen by the
+    seed; the report picks each variant's best rate on those validation images, never on the test set."""
+
+    learning_rates: LearningRates = []
+    validation_images: PositiveInt = 5000
+    epochs: PositiveInt | None = None  # each grid training's epochs; None: train.epochs
+
+
+class ReferenceResult(Section):
+    loss: PositiveFloat
+    accuracy: Probability
+
+
+class Conclusion(Section):
+    """A claim of the notebook and what would make it true: in each ``[a, b]`` of ``holds_if``,
+    variant ``a`` has the higher test accuracy."""
+
+    claim: str
+    holds_if: list[Pair]
+
+
+class CompareSettings(Section):
+    alpha: Probability = 0.05
+    confidence: Probability = 0.95
+    control: Name | None = None
+    pairs: list[Pair] = []
+    reference: dict[str, ReferenceResult] = {}
+    conclusions: list[Conclusion] = []
+
+
+class Params(Section):
+    download: DownloadSettings
+    normalize: NormalizeSettings
+    mlflow: MlflowSettings
+    train: TrainSettings
+    seeds: Seeds
+    variants: dict[str, VariantSpec]
+    diagnostics: DiagnosticsSettings = DiagnosticsSettings()
+    convergence: ConvergenceSettings = ConvergenceSettings()
+    lr_grid: LrGridSettings = LrGridSettings()
+    compare: CompareSettings = CompareSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_variants(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("variants"), dict):
+            named = {}
+            for name, spec in data["variants"].items():
+                if spec is not None and not isinstance(spec, dict):
+                    raise PydanticCustomError("variant_type", "'variants.{name}' must be a mapping of spec fields",
+                                              {"name": name})
+                named[name] = {**(spec or {}), "name": name}
+            data = {**data, "variants": named}
+        return data
+
+    @model_validator(mode="after")
+    def _at_least_one_variant(self) -> "Params":
+        # compare.pairs/control may name variants that are not in the study (a shortened
+        # variants list): the report compares the pairs whose variants were trained.
+        if not self.variants:
+            raise PydanticCustomError("no_variants", "'variants' must name at least one variant", {})
+        return self
+
+    # --- Reading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "params.yaml") -> "Params":
+        """Validate a mapping read from a params file; any problem is one ``UserError`` line."""
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: expected a mapping of sections at the top level")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise UserError(_one_line(exc)) from None
+
+    @classmethod
+    def load(cls, path: Path | str = paths.PARAMS) -> "Params":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise UserError(f"{path}: not found; run from the project root or restore params.yaml") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UserError(f"{path}: YAML syntax error at {where}: {problem}") from None
+        return cls.from_dict(raw, str(path))
+
+    # --- Views -----------------------------------------------------------------------------
+
+    def variant(self, name: str) -> VariantSpec:
+        if name not in self.variants:
+            known = ", ".join(sorted(self.variants))
+            raise UserError(f"unknown variant '{name}'; known variants: {known} "
+                            "(add one under 'variants' in params.yaml)")
+        return self.variants[name]
+
+    def with_train(self, overrides: dict[str, Any] | None) -> "Params":
+        """These params with some ``train`` settings replaced (``None`` means keep), validated."""
+        changed = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if not changed:
+            return self
+        raw = self.model_dump()
+        raw["train"].update(changed)
+        for spec in raw["variants"].values():
+            spec.pop("name")
+        return Params.from_dict(raw)
+
+
+def _one_line(exc: ValidationError) -> str:
+    """The first problem pydantic found, worded the way a user fixes it."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    field = ".".join(loc)
+    kind = first["type"]
+    if kind == "missing":
+        parent = loc[:-1]
+        names = sorted(str(e["loc"][-1]) for e in errors
+                       if e["type"] == "missing" and [str(p) for p in e["loc"][:-1]] == parent)
+        if not parent:
+            return f"params.yaml: section '{names[0]}' is missing or is not a mapping"
+        section = ".".join(parent)
+        return f"params: '{section}' is missing {names}; add " + ", ".join(f"'{section}.{n}'" for n in names)
+    if kind == "model_type" and len(loc) == 1:
+        return f"params.yaml: section '{field}' is missing or is not a mapping"
+    if kind == "unknown_fields":
+        return f"params: '{field}' {first['msg']}" if field else f"params.yaml {first['msg']}"
+    if kind in ("variant_type", "no_variants"):
+        return f"params: {first['msg']}"
+    if kind == "rule":
+        return f"params: '{field}' = {first['input']!r} is invalid: {first['ctx']['rule']}"
+    return f"params: '{field}' = {first['input']!r} is invalid: {first['msg'].lower()}"

@@ -1,0 +1,285 @@
+"""Where runs are recorded: the MLflow tracking store, checked and prepared once.
+
+In: ``MLFLOW_TRACKING_URI`` when set (a server, a database URI); otherwise a SQLite
+store ``mlflow.db`` with artifacts in ``mlruns/`` at the store root
+(``paths.store_root()``: the real repository, even under ``dvc exp run --temp``).
+Credentials come only from MLflow's own variables (``MLFLOW_TRACKING_USERNAME``,
+``MLFLOW_TRACKING_PASSWORD``, ``MLFLOW_TRACKING_TOKEN``) and are never logged.
+Out: ``prepare_experiment(name)`` returns the experiment id after checking that the
+store answers, creating store and experiment under a file lock, so parallel stages
+never migrate a fresh SQLite store at the same time, and marking the experiment for the UI
+(``experiment_tags``: model development, a description, the study's runs-table view);
+``ui_url(base, experiment_id)`` is the page ``make ui`` opens on; ``mlflow_run(...)`` is the
+context of one run that ends FINISHED, KILLED or FAILED, never RUNNING (under ``mlflow run``,
+the launcher's run, wherever the user put it);
+``register_model`` makes a logged model a version of the study's registered model.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pipeline.core import metric_names
+from pipeline.core import paths
+from pipeline.core.errors import UserError
+
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlruns"
+CONNECT_TIMEOUT_S = 5.0  # a server that is down refuses at once, or never connects within this
+# A server that accepted the connection may be busy (many trainings logging at once): it gets as long to
+# answer as MLflow's own client gives every request (MLFLOW_HTTP_REQUEST_TIMEOUT, 120 s by default).
+DEFAULT_READ_TIMEOUT_S = 120.0
+
+# The UI (MLflow 3) opens an experiment in its model-training mode with this kind, and offers
+# the runs-table view stored in the tag SHARED_VIEW_PREFIX + key as ?viewStateShareKey=key.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+DESCRIPTION_TAG = "mlflow.note.content"
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+STUDY_VIEW = "study"
+
+
+def study_view() -> dict:
+    """The runs table a user of the study wants first: variant, seed, the final test accuracy and
+    loss, the logged model; best test accuracy on top."""
+    def metric(name: str) -> str:
+        return f"metrics.`{name}`"
+
+    return {
+        "searchFilter": "", "orderByKey": metric(metric_names.TEST_ACCURACY), "orderByAsc": False,
+        "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+        "selectedColumns": ["tags.`variant`", "tags.`seed`", metric(metric_names.TEST_ACCURACY),
+                            metric(metric_names.TEST_LOSS)],
+    }
+
+
+DESCRIPTION = f"""LeNet-5 on MNIST: batch norm and dropout variants, one run per (variant, seed).
+
+- Runs table: open the **study** view (`make ui` prints its address, `?viewStateShareKey={STUDY_VIEW}`) for
+  variant, seed, final test accuracy and loss, best first. The `comparison` run holds the report.
+- A run's *Model metrics*: `by_epoch` first (x axis "Step" = epoch; the latest point is the final value),
+  then `diagnostics/*` (Step = optimizer step) and `timing`.
+- Models: `lenet5-<variant>-s<seed>`, each with its final metrics and datasets; also versions of the
+  registered model named like this experiment, alias `<variant>-s<seed>`.
+"""
+
+
+def experiment_tags() -> dict[str, str]:
+    import json
+
+    return {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], SHARED_VIEW_PREFIX + STUDY_VIEW: json.dumps(study_view())}
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The study's runs table in the model-training mode of ``mlflow ui`` at ``base``."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={STUDY_VIEW}")
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    return f"sqlite:///{paths.store_root() / DB_NAME}"
+
+
+def redact(uri: str) -> str:
+    """The URI with any user:password@ removed, for messages and tags."""
+    return re.sub(r"//[^/@]*@", "//***@", uri)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """Artifacts beside a local SQLite store; a server or database decides for itself."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return None
+    return (db.parent / ARTIFACTS_DIR).resolve().as_uri()
+
+
+def read_timeout() -> float:
+    """Seconds a connected server has to answer: MLflow's ``MLFLOW_HTTP_REQUEST_TIMEOUT``, else 120."""
+    try:
+        return float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or DEFAULT_READ_TIMEOUT_S)
+    except ValueError:
+        return DEFAULT_READ_TIMEOUT_S
+
+
+def check_server(uri: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, before any training, when a tracking server is down or refuses us; wait for a busy one."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    import requests
+
+    base = uri.rstrip("/")
+    auth = None
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        auth = (user, password)
+    headers = {}
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    probe = f"{base}/api/2.0/mlflow/experiments/get-by-name"
+    read = read_timeout()
+    try:
+        resp = requests.get(probe, params={"experiment_name": "Default"}, auth=auth, headers=headers,
+                            timeout=(connect_timeout, read))
+    except requests.exceptions.ReadTimeout:
+        raise UserError(
+            f"MLflow tracking server {redact(uri)} accepted the connection but did not answer within {read:g} s "
+            "(MLFLOW_HTTP_REQUEST_TIMEOUT); check its log, or unset MLFLOW_TRACKING_URI to use the local SQLite store"
+        ) from None
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise UserError(
+            f"MLflow tracking server {redact(uri)} is unreachable ({reason} within {connect_timeout:g} s); "
+            "start it, or unset MLFLOW_TRACKING_URI to use the local SQLite store"
+        ) from None
+    if resp.status_code in (401, 403):
+        raise UserError(
+            f"MLflow tracking server {redact(uri)} refused the credentials (HTTP {resp.status_code}); "
+            "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    if resp.status_code >= 500:
+        raise UserError(f"MLflow tracking server {redact(uri)} answered HTTP {resp.status_code}; check its log")
+
+
+def _lock_for(uri: str):
+    from contextlib import nullcontext
+
+    from filelock import FileLock
+
+    db = _sqlite_path(uri)
+    if db is None:
+        return nullcontext()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(db) + ".lock", timeout=300)
+
+
+def prepare_experiment(name: str, uri: str | None = None) -> str:
+    """Check the store, create it and the experiment once, and return the experiment id."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = uri or tracking_uri()
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    with _lock_for(uri):
+        client = mlflow.MlflowClient(uri)
+        try:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                return client.create_experiment(name, artifact_location=default_artifact_location(uri),
+                                                tags={**experiment_tags(), DESCRIPTION_TAG: DESCRIPTION})
+            if exp.lifecycle_stage != "deleted":
+                # An experiment made before these tags, or by an older version of them, gets them now;
+                # a description someone wrote stays.
+                wanted = {**experiment_tags(), **({} if DESCRIPTION_TAG in exp.tags else {DESCRIPTION_TAG: DESCRIPTION})}
+                for key, value in wanted.items():
+                    if exp.tags.get(key) != value:
+                        client.set_experiment_tag(exp.experiment_id, key, value)
+        except MlflowException as exc:
+            raise UserError(f"MLflow store {redact(uri)} failed: {str(exc).splitlines()[0]}") from None
+    if exp.lifecycle_stage == "deleted":
+        raise UserError(
+            f"experiment '{name}' is deleted in {redact(uri)}; restore it "
+            f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or rename mlflow.experiment in params.yaml"
+        )
+    return exp.experiment_id
+
+
+def register_model(model_id: str, name: str, alias: str, tags: dict[str, str]) -> None:
+    """The logged model as a new version of registered model ``name``, with ``alias`` (which moves
+    to it from an older version) and ``tags``. Under the store's file lock, so parallel trainings
+    into one SQLite store create the registered model once and number their versions in turn."""
+    import mlflow
+
+    uri = tracking_uri()
+    with _lock_for(uri):
+        client = mlflow.MlflowClient(uri)
+        version = mlflow.register_model(f"models:/{model_id}", name, tags=tags).version
+        client.set_registered_model_alias(name, alias, version)
+
+
+@contextmanager
+def mlflow_run(experiment_id: str, run_name: str, tags: dict):
+    """Start the run in ``experiment_id``; under ``mlflow run``, continue the launcher's run instead.
+
+    ``mlflow run`` opens a run in the experiment the user chose (``--experiment-name``, else
+    ``Default``) before our code starts; training into it, renamed ``run_name`` and tagged,
+    gives one run per command, where the user asked for it. The run ends FINISHED only when
+    the body completes; an interrupt ends it KILLED, any other error FAILED, so a report can
+    never pick up a half-run.
+    """
+    import mlflow
+
+    launcher_id = os.environ.get("MLFLOW_RUN_ID") or None
+    if launcher_id:
+        experiment_id = mlflow.MlflowClient().get_run(launcher_id).info.experiment_id
+    run = mlflow.start_run(run_id=launcher_id, experiment_id=experiment_id, run_name=run_name, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt as exc:
+        _release_store(exc)
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def _release_store(exc: BaseException) -> None:
+    """Drop the frames an interrupt left behind, and with them any half-read SQLite cursor.
+
+    A signal that lands inside an MLflow call on a SQLite store can leave a statement open in
+    those frames; its lock, held by this very process, would make ending the run wait out
+    MLflow's 20 s busy timeout and fail, leaving the run RUNNING. An interrupt's traceback
+    is never shown (``run_main`` prints one line), so nothing is lost.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            tb.tb_next, tb = None, tb.tb_next
+        exc = exc.__context__
+    gc.collect()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline.core.tracking ui-url [BASE]``: prepare the study's experiment in the store
+    (``MLFLOW_TRACKING_URI`` or the local one) and print the address of its runs table under
+    ``mlflow ui`` at BASE (default http://127.0.0.1:5000)."""
+    import argparse
+
+    from pipeline.core.cli import run_main
+    from pipeline.core.params import Params
+
+    p = argparse.ArgumentParser(prog="python -m pipeline.core.tracking")
+    p.add_argument("command", choices=["ui-url"])
+    p.add_argument("base", nargs="?", default="http://127.0.0.1:5000")
+    p.add_argument("--params", type=Path, default=paths.PARAMS)
+    args = p.parse_args(argv)
+
+    def ui() -> None:
+        name = Params.load(args.params).mlflow.experiment
+        print(f"The study '{name}' in {redact(tracking_uri())}: open\n  {ui_url(args.base, prepare_experiment(name))}",
+              flush=True)
+
+    run_main(ui)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

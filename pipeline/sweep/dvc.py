@@ -1,0 +1,104 @@
+"""The DVC side of the sweep: which trainings are missing or stale, and committing each one.
+
+In: the project root (``dvc.yaml``, ``dvc.lock``, ``params.yaml``, ``pipeline/``, the data).
+Out: ``stale_trainings`` (the ``train@`` and ``lr_grid@`` stages ``dvc status`` lists), ``repro_prerequisites``
+(download and normalize, as ``dvc repro`` would), ``fingerprint`` (what a commit must not
+see changed), ``source_tags`` (the ``mlflow.source.*`` tags of a training driven from here),
+``commit`` (``dvc commit -f`` of one stage) and ``signals_deferred`` (so a record and its
+commit land together or not at all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.core import labels
+from pipeline.core import paths
+from pipeline.core.errors import UserError
+from pipeline.core.params import Params
+
+STAGES = ("train", "lr_grid")  # the study's trainings, then the learning-rate grid's
+PREREQUISITE = "normalize"   # everything the training stages depend on (download, normalize)
+
+
+def all_trainings(params: Params) -> list[tuple[str, int, float | int | None]]:
+    """Every training of the matrix as (variant, seed, rate): the study's (rate None), then the grid's."""
+    rates = [None, *params.lr_grid.learning_rates]
+    return [(v, s, r) for r in rates for v in params.variants for s in params.seeds]
+
+
+def stale_trainings(params: Params, root: Path = paths.ROOT) -> list[tuple[str, int, float | int | None]]:
+    """The trainings (variant, seed, grid rate or None) whose stage ``dvc status`` lists (missing or stale)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    targets = list(STAGES) if params.lr_grid.learning_rates else [STAGES[0]]
+    try:
+        with Repo(str(root)) as repo:
+            status = repo.status(targets=targets)
+    except DvcException as exc:
+        raise UserError(f"dvc status failed: {str(exc).splitlines()[0]}") from None
+    return [t for t in all_trainings(params) if labels.stage_name(*t) in status]
+
+
+def repro_prerequisites(root: Path = paths.ROOT) -> None:
+    """Download and normalize (as ``dvc repro`` would) on this machine, before any training."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", PREREQUISITE], cwd=root,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        raise UserError(f"`dvc repro {PREREQUISITE}` failed: {lines[-1] if lines else proc.returncode}")
+
+
+def fingerprint(root: Path = paths.ROOT) -> str:
+    """What the training stages depend on besides the data's own files; it must not change
+    between the start of the sweep and a commit, or DVC would record results under new deps."""
+    h = hashlib.sha256()
+    for rel in ("params.yaml", "dvc.yaml", "data/summary.json", *sorted(
+            str(p.relative_to(root)) for p in (root / "pipeline").rglob("*.py"))):
+        h.update(rel.encode() + b"\0" + (root / rel).read_bytes())
+    return h.hexdigest()
+
+
+def source_tags(root: Path = paths.ROOT) -> dict[str, str]:
+    """The mlflow.source.* tags of a training started here: a worker's own entry point is Ray's."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    tags = {"mlflow.source.name": str(root / "pipeline" / "train" / "__main__.py")}
+    if commit_id := git("rev-parse", "HEAD"):
+        tags["mlflow.source.git.commit"] = commit_id
+        tags["mlflow.source.git.branch"] = git("rev-parse", "--abbrev-ref", "HEAD")
+    return tags
+
+
+def commit(stage: str, root: Path = paths.ROOT) -> None:
+    import logging
+
+    from dvc.repo import Repo
+
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # not "Updating lock file" per training
+
+    with Repo(str(root)) as repo:
+        repo.commit(stage, force=True)
+
+
+@contextmanager
+def signals_deferred():
+    """Hold SIGINT/SIGTERM while a record is written and committed; deliver them after."""
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            os.kill(os.getpid(), held[0])
