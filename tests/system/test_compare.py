@@ -13,6 +13,9 @@ Trainings are shared through module-scoped fixtures.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import json
 import math
 import re
@@ -761,3 +764,30 @@ def test_the_report_shows_steps_to_each_target_from_the_logged_curves(study, rep
         assert logged["reached_99.9pct"] == 0 and logged["steps_to_99.9pct"] is None
     share = re.search(r"Measuring it took ([\d.]+)% of the training time \(mean over 3 runs", section)
     assert share and 0 < float(share.group(1)) < 100
+
+
+KERAS_BLOCKED = """
+import sys
+class NoKeras:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('keras', 'tensorflow', 'jax'):
+            raise ImportError(f'{name} cannot be imported in this process')
+sys.meta_path.insert(0, NoKeras())
+sys.argv = ['compare']
+from pipeline.compare.stage import compare
+from pathlib import Path
+compare(Path(sys.argv_params), Path(sys.argv_results), Path(sys.argv_reports))
+"""
+
+
+@slow
+def test_the_compare_stage_runs_where_keras_cannot_be_imported(study, report, tmp_path):
+    """The report needs no Keras: a process that refuses every Keras/TensorFlow/JAX import writes the
+    same report as the one this module's fixture wrote."""
+    code = KERAS_BLOCKED.replace("sys.argv_params", repr(str(study.params_path))).replace(
+        "sys.argv_results", repr(str(study.results))).replace("sys.argv_reports", repr(str(tmp_path / "reports")))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": study.uri}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=study.root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "reports" / "comparison.csv").read_text() == (report.dir / "comparison.csv").read_text()
