@@ -15,15 +15,11 @@ from scipy import stats as sps
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion ``correct / n``."""
+    """Wilson score interval for a proportion ``correct / n`` (SciPy's ``binomtest``)."""
     if n <= 0:
         raise ValueError("n must be positive")
-    z = sps.norm.ppf(0.5 + confidence / 2)
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = sps.binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 @dataclass(frozen=True)
@@ -42,19 +38,24 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemar:
     only_a = int(np.sum(a & ~b))
     only_b = int(np.sum(~a & b))
     n = only_a + only_b
-    p = 1.0 if n == 0 else float(min(1.0, 2 * sps.binom.cdf(min(only_a, only_b), n, 0.5)))
+    p = 1.0 if n == 0 else float(sps.binomtest(only_a, n, 0.5).pvalue)
     return McNemar(only_a, only_b, p)
 
 
 def paired_t(acc_a: list[float], acc_b: list[float]) -> float:
-    """Two-sided p of a paired t-test across seeds; NaN with fewer than 2 pairs or no spread."""
+    """Two-sided p of a paired t-test across seeds.
+
+    NaN where the test is undefined: fewer than 2 pairs, or the same non-zero difference on every
+    seed (zero spread: t would be infinite, yet one-image steps make that common, so it is no
+    evidence). 1.0 when every difference is zero.
+    """
     if len(acc_a) != len(acc_b):
         raise ValueError("paired samples differ in length")
     if len(acc_a) < 2:
         return float("nan")
     diff = np.asarray(acc_a) - np.asarray(acc_b)
-    if np.allclose(diff, diff[0]):
-        return 0.0 if diff[0] != 0 else 1.0
+    if np.allclose(diff, diff[0], rtol=0.0, atol=1e-12):
+        return 1.0 if np.allclose(diff, 0.0, rtol=0.0, atol=1e-12) else float("nan")
     return float(sps.ttest_rel(acc_a, acc_b).pvalue)
 
 

@@ -150,9 +150,19 @@ def test_paired_t_degenerate_cases():
     assert math.isnan(stats.paired_t([0.9], [0.8]))
     assert math.isnan(stats.paired_t([], []))
     assert stats.paired_t([0.9, 0.8, 0.7], [0.9, 0.8, 0.7]) == 1.0   # identical: no difference at all
-    assert stats.paired_t([0.9, 0.8, 0.7], [0.8, 0.7, 0.6]) == 0.0   # the same nonzero gap every seed
+    assert math.isnan(stats.paired_t([0.9, 0.8, 0.7], [0.8, 0.7, 0.6]))  # the same nonzero gap: t undefined
     with pytest.raises(ValueError, match="differ in length"):
         stats.paired_t([0.9, 0.8], [0.9])
+
+
+def test_paired_t_three_seeds_one_image_apart_is_not_p_zero():
+    # each seed: a gets exactly one more of 10,000 images right; the floats differ in their last bits
+    a = [9876 / 10000, 9300 / 10000, 9877 / 10000]
+    b = [9875 / 10000, 9299 / 10000, 9876 / 10000]
+    assert len({x - y for x, y in zip(a, b)}) > 1  # not bit-identical differences
+    p = stats.paired_t(a, b)
+    assert math.isnan(p)
+    assert stats.verdict("a", "b", 0.01, p, 0.05).endswith("— not distinguishable")
 
 
 # --- Holm ------------------------------------------------------------------------------------
