@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pipeline import evidence as ev
-from pipeline import stats
+from pipeline.compare import evidence as ev
+from pipeline.compare import stats
 
 PAIR = {"a": 1.0, "b": -1.0}
 INTERACTION = {"bn_dropout": 1.0, "dropout": -1.0, "bn_all": -1.0, "plain": 1.0}
