@@ -34,6 +34,9 @@ when images add nothing (the df fall to S − 1), becomes an image-level test wh
 nothing, needs no resampling seed, and takes under 10 ms for 4 variants × 5 seeds × 10,000
 images. Its 95% intervals covered 0.92–0.96 of simulated studies (tests/test_evidence.py).
 
+With one seed only the test images are sampled (the standard error is the images' alone, N − 1
+df): the verdict then says whether these trained networks differ, not whether the variants do.
+
 Assumptions, stated because the verdicts lean on them: seeds and images are exchangeable
 draws, and the mean is close enough to t-distributed. With few discordant images (two
 batch-norm variants disagreeing on a handful of 10,000) that approximation is weakest: read the
@@ -108,8 +111,8 @@ class Reproduction:
 
 def _matrix(x: np.ndarray) -> np.ndarray:
     m = np.asarray(x)
-    if m.ndim != 2 or m.shape[0] < 2 or m.shape[1] < 2:
-        raise ValueError(f"need a (n_seeds >= 2, n_images >= 2) correctness matrix, got shape {m.shape}")
+    if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 2:
+        raise ValueError(f"need a (n_seeds >= 1, n_images >= 2) correctness matrix, got shape {m.shape}")
     return m.astype(float)
 
 
@@ -139,6 +142,9 @@ def two_way_se(c: np.ndarray) -> tuple[float, float]:
     MS_cell and cancels with it, so it adds nothing to the Satterthwaite degrees of freedom.
     """
     s, n = c.shape
+    if s == 1:  # one seed: the test images are the only source this design can see
+        var = float(np.var(c[0], ddof=1))
+        return (math.sqrt(var / n), float(n - 1)) if var > 0 else (0.0, math.nan)
     a, b, e = mean_squares(c)
     coef_e = -1.0 + (a < e) + (b < e)
     terms = [(a if a >= e else 0.0, s - 1), (b if b >= e else 0.0, n - 1), (coef_e * e, (s - 1) * (n - 1))]
@@ -269,9 +275,12 @@ def reproduction(reference_accuracy: float, correct: np.ndarray, *, alpha: float
     """
     x = _matrix(correct)
     s, n = x.shape
-    a, _, e = mean_squares(x)
-    sd_run = math.sqrt(max(a, e) / n)
-    df = float(s - 1 if a >= e else (s - 1) * (n - 1))
+    if s == 1:  # one seed: only the image-level noise of one run can be estimated
+        sd_run, df = math.sqrt(float(np.var(x[0], ddof=1)) / n), float(n - 1)
+    else:
+        a, _, e = mean_squares(x)
+        sd_run = math.sqrt(max(a, e) / n)
+        df = float(s - 1 if a >= e else (s - 1) * (n - 1))
     mean = float(x.mean())
     scale = sd_run * math.sqrt(1 + 1 / s)
     half = float(sps.t.ppf(1 - alpha / 2, df)) * scale

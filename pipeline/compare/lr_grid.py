@@ -30,7 +30,11 @@ from pipeline.core.labels import run_label
 from pipeline.core.params import Params
 
 
-SELECTION_COLUMNS = ("variant", "rate", "n_seeds", "n_diverged", "validation_accuracy_mean", "validation_loss_mean")
+SELECTION_COLUMNS = ("variant", "rate", "n_seeds", "n_diverged", "n_collapsed", "validation_accuracy_mean",
+                     "validation_loss_mean")
+# A training that did not meet the divergence rule but ended near chance (10 classes: 0.1) collapsed: it is
+# shown as such and its rate is no candidate for the best, never averaged in silently.
+COLLAPSED_BELOW = 0.2
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,15 @@ class LrGrid:
     best_order: list[str]        # variants by test accuracy, each at its best rate
     conclusions: list            # pipeline.compare.conclusions.Judgement at the best rates
     diverged: list[str]          # "plain-s0-lr0.3" for each diverged grid training
+    collapsed: list[str]         # the same for each collapsed one (validation accuracy below COLLAPSED_BELOW)
+    significance: pd.DataFrame   # the comparisons at the best rates (pipeline.compare.significance.comparisons)
     figure: str
     validation_images: int
     n_runs: int
+
+
+def collapsed(run: GridRun) -> bool:
+    return not run.diverged and run.validation_accuracy < COLLAPSED_BELOW
 
 
 def summary(runs: list[GridRun], variants: list[str]) -> pd.DataFrame:
@@ -60,6 +70,7 @@ def summary(runs: list[GridRun], variants: list[str]) -> pd.DataFrame:
             rows.append({
                 "variant": variant, "rate": rate, "n_seeds": len(group),
                 "n_diverged": sum(r.diverged for r in group),
+                "n_collapsed": sum(collapsed(r) for r in group),
                 "validation_accuracy_mean": float(np.mean(val)), "validation_accuracy_min": float(np.min(val)),
                 "validation_accuracy_max": float(np.max(val)),
                 "validation_loss_mean": float(np.mean([r.validation_loss for r in group])),
@@ -78,7 +89,7 @@ def best_rates(table: pd.DataFrame) -> dict[str, float | None]:
     table = table.loc[:, list(SELECTION_COLUMNS)]
     best: dict[str, float | None] = {}
     for variant in dict.fromkeys(table["variant"]):
-        candidates = table[(table["variant"] == variant) & (table["n_diverged"] == 0)]
+        candidates = table[(table["variant"] == variant) & (table["n_diverged"] == 0) & (table["n_collapsed"] == 0)]
         if candidates.empty:
             best[variant] = None
             continue
@@ -101,7 +112,9 @@ def rate_cell(row) -> str:
     text = f"{row['validation_accuracy_mean']:.4f}"
     if n > 1:
         text += f" ({row['validation_accuracy_min']:.4f}–{row['validation_accuracy_max']:.4f})"
-    return text + (f"; {diverged} of {n} seeds diverged" if diverged else "")
+    text += f"; {diverged} of {n} seeds diverged" if diverged else ""
+    collapsed_seeds = int(row.get("n_collapsed", 0))
+    return text + (f"; {collapsed_seeds} of {n} collapsed (near chance)" if collapsed_seeds else "")
 
 
 def figure(table: pd.DataFrame, best: dict[str, float | None], path: Path, validation_images: int,
@@ -148,8 +161,7 @@ def metrics(table: pd.DataFrame, best: dict[str, float | None]) -> dict:
     return {"lr_grid": out} if out else {}
 
 
-def section(params: Params, results: Path, uri: str, table: pd.DataFrame, figures_dir: Path
-                              ) -> LrGrid | None:
+def section(params: Params, results: Path, uri: str, table: pd.DataFrame, figures_dir: Path) -> LrGrid | None:
     """The learning-rate grid's section: each variant's best rate on the validation images, then (only
     then) the test accuracy there and the notebook's conclusions judged there; None without a grid."""
     rates = params.lr_grid.learning_rates
@@ -158,23 +170,24 @@ def section(params: Params, results: Path, uri: str, table: pd.DataFrame, figure
     variants, seeds = list(params.variants), params.seeds
     records = read_records(variants, seeds, results, rates)
     grid = fetch_grid(records, uri)
-    summary = summary(grid, variants)
-    best = best_rates(summary)
-    figure(summary, best, figures_dir / "learning_rates.png", params.lr_grid.validation_images,
+    rates_table = summary(grid, variants)
+    best = best_rates(rates_table)
+    figure(rates_table, best, figures_dir / "learning_rates.png", params.lr_grid.validation_images,
            palette(params.variants))
     chosen = {variant: rate for variant, rate in best.items() if rate is not None}
     # The grid's metrics above were enough to choose; the comparisons at the chosen rates also need each
     # run's per-image predictions, so only those runs are read again, in full.
     best_records = {key: record for key, record in records.items() if chosen.get(key[0]) == float(key[2])}
     best_runs = {key[:2]: run for key, run in fetch_runs(best_records, uri).items()}
-    at_best = summary.merge(pd.DataFrame({"variant": list(chosen), "rate": list(chosen.values())}))
+    at_best = rates_table.merge(pd.DataFrame({"variant": list(chosen), "rate": list(chosen.values())}))
     at_best = at_best[["variant", "rate", "n_seeds", "test_accuracy_mean", "test_accuracy_std"]]
     tests = significance.comparisons(best_runs, list(chosen), seeds, params.compare) if best_runs else pd.DataFrame()
     judgements = conclusions.judge_runs(best_runs, tests, params) if best_runs else []
-    diverged = [run_label(r.variant, r.seed, r.rate) for r in grid if r.diverged]
-    return LrGrid(summary, best, at_best, [v for v in table["variant"] if v in chosen],
-                         ranking(dict(zip(at_best["variant"], at_best["test_accuracy_mean"]))),
-                         judgements, diverged, "learning_rates.png", params.lr_grid.validation_images, len(grid))
+    return LrGrid(rates_table, best, at_best, [v for v in table["variant"] if v in chosen],
+                  ranking(dict(zip(at_best["variant"], at_best["test_accuracy_mean"]))), judgements,
+                  [run_label(r.variant, r.seed, r.rate) for r in grid if r.diverged],
+                  [run_label(r.variant, r.seed, r.rate) for r in grid if collapsed(r)], tests,
+                  "learning_rates.png", params.lr_grid.validation_images, len(grid))
 
 
 def grid_markdown(grid: LrGrid) -> str:

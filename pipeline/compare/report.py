@@ -112,8 +112,7 @@ def render(data: ReportData, links: Links = FILE_LINKS, with_diagnostics: bool =
         "n_train": data.n_train, "n_test": data.n_test, "links": links,
         "results_table": results.markdown(data.table, data.params.compare.confidence),
         "runs_by_variant": [{"variant": r.variant, "run_ids": r.run_ids.split()} for r in data.table.itertuples()],
-        "significance_table": None if tests.empty else significance.markdown(tests),
-        "verdicts": [] if tests.empty else tests["verdict"].tolist(),
+        **_significance_context(tests, data),
         "figures": [{"name": name, "title": FIGURE_TITLES.get(name, name)} for name in data.figures],
         "conclusions": data.conclusions, "confidence": data.params.compare.confidence,
         "convergence": data.convergence, "convergence_settings": data.params.convergence,
@@ -127,6 +126,34 @@ def render(data: ReportData, links: Links = FILE_LINKS, with_diagnostics: bool =
         **(diagnostics.tables(data.diagnostics) if data.diagnostics else {}),
     }
     return _environment().get_template("comparison.md.j2").render(context)
+
+
+def _table_or_none(tests: pd.DataFrame, family: str) -> str | None:
+    return significance.markdown(tests, family) if (tests["family"] == family).any() else None
+
+
+def _significance_context(tests: pd.DataFrame, data: ReportData) -> dict:
+    """The significance section's tables and lines, the interaction's line, and what the conclusions need."""
+    settings = data.params.compare
+    context = {"confirmatory_table": None, "exploratory_table": None, "verdicts": [], "interaction_lines": [],
+               "n_confirmatory": 0, "n_exploratory": 0, "margin": settings.equivalence_margin,
+               "min_sign_flip": 2 / 2 ** len(data.params.seeds),
+               "parameters": dict(zip(data.table["variant"], data.table["parameters"])),
+               "grid_verdicts": [j.verdict for j in data.lr_grid.conclusions] if data.lr_grid else [],
+               "collapsed_below": lr_grid.COLLAPSED_BELOW}
+    if tests.empty:
+        return context
+    context.update({
+        "confirmatory_table": _table_or_none(tests, significance.CONFIRMATORY),
+        "exploratory_table": _table_or_none(tests, significance.EXPLORATORY),
+        "n_confirmatory": int((tests["family"] == significance.CONFIRMATORY).sum()),
+        "n_exploratory": int((tests["family"] == significance.EXPLORATORY).sum()),
+        "verdicts": [significance.verdict_line(row) for row in tests.itertuples()],
+        "interaction_lines": [f"{questions.get(row.comparison, row.comparison)} {significance.verdict_line(row)}"
+                              for row in tests.itertuples() if not row.b
+                              for questions in [{i.label(): i.question for i in settings.interactions}]],
+    })
+    return context
 
 
 def render_description(data: ReportData, links: Links, limit: int) -> str:

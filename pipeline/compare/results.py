@@ -14,34 +14,48 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.compare import figures, stats
+from pipeline.compare import evidence, figures, stats
 from pipeline.compare.runs import RunData, RunKey
 from pipeline.compare.tables import markdown_table, or_dash, plus_minus
 from pipeline.core.figures import bn_distributions
 from pipeline.core.params import VariantSpec
 
 
+def _interval(correct: np.ndarray, confidence: float) -> tuple[float, float, str]:
+    """The variant's mean accuracy interval, with both sources: seeds and which test images were drawn."""
+    c = evidence.contrast({"v": correct}, {"v": 1.0}, margin=0.0, alpha=1 - confidence)
+    n_seeds, n_test = correct.shape
+    source = f"{n_seeds} seeds and {n_test:,} test images" if n_seeds > 1 else f"{n_test:,} test images, one seed"
+    return c.interval.low, c.interval.high, source
+
+
+def _reproduced(notebook, correct: np.ndarray, confidence: float) -> str:
+    """Whether the notebook's single run lies where one new run of ours would (``yes``; ``no: 0.84 pp below``)."""
+    if notebook is None:
+        return "–"
+    r = evidence.reproduction(notebook.accuracy, correct, alpha=1 - confidence)
+    if r.reproduced:
+        return "yes"
+    return f"no: {abs(100 * r.outside_by):.2f} pp {'above' if r.outside_by > 0 else 'below'}"
+
+
 def variant_table(runs: dict[RunKey, RunData], specs: dict[str, VariantSpec], reference: dict,
                   confidence: float) -> pd.DataFrame:
-    """The results table: a row per variant (mean and std over seeds, accuracy interval), best first."""
+    """The results table: a row per variant (mean and std over seeds, accuracy interval, whether the notebook's
+    number is reproduced), best first."""
     rows = []
     for variant, spec in specs.items():
         variant_runs = [run for (name, _), run in sorted(runs.items()) if name == variant]
-        accuracy = [run.test_accuracy for run in variant_runs]
-        accuracy_mean, accuracy_std = stats.mean_std(accuracy)
+        correct = np.vstack([run.correct for run in variant_runs])
+        accuracy_mean, accuracy_std = stats.mean_std([run.test_accuracy for run in variant_runs])
         loss_mean, loss_std = stats.mean_std([run.test_loss for run in variant_runs])
-        if len(variant_runs) == 1:
-            n_test = len(variant_runs[0].correct)
-            ci_low, ci_high = stats.wilson_interval(int(variant_runs[0].correct.sum()), n_test, confidence)
-            ci_method = f"Wilson, {n_test} test images"
-        else:
-            ci_low, ci_high = stats.t_interval(accuracy, confidence)
-            ci_method = f"t across {len(variant_runs)} seeds"
+        ci_low, ci_high, ci_method = _interval(correct, confidence)
         notebook = reference.get(variant)
         rows.append({
             "variant": variant, "changes": spec.describe(),
             "notebook_loss": notebook.loss if notebook else np.nan,
             "notebook_accuracy": notebook.accuracy if notebook else np.nan,
+            "notebook_reproduced": _reproduced(notebook, correct, confidence),
             "n_seeds": len(variant_runs),
             "test_loss_mean": loss_mean, "test_loss_std": loss_std,
             "test_accuracy_mean": accuracy_mean, "test_accuracy_std": accuracy_std,
@@ -58,6 +72,7 @@ def markdown(table: pd.DataFrame, confidence: float) -> str:
         "variant": table["variant"], "what changes": table["changes"],
         "notebook loss": table["notebook_loss"].map(lambda x: or_dash(x, ".4f")),
         "notebook acc.": table["notebook_accuracy"].map(lambda x: or_dash(x, ".4f")),
+        "notebook reproduced?": table["notebook_reproduced"],
         "test loss": [plus_minus(r.test_loss_mean, r.test_loss_std, r.n_seeds) for r in table.itertuples()],
         "test accuracy": [plus_minus(r.test_accuracy_mean, r.test_accuracy_std, r.n_seeds) for r in table.itertuples()],
         f"{round(100 * confidence)}% interval": [f"{r.accuracy_ci_low:.4f}–{r.accuracy_ci_high:.4f} ({r.ci_method})"

@@ -9,7 +9,8 @@ Out: ``reports/comparison.md`` (rendered by ``pipeline.compare.report``: the not
 (``pipeline.compare.conclusions``), the results, which differences are real, convergence speed
 (``pipeline.compare.convergence``), learning-rate sensitivity when ``lr_grid.learning_rates`` is set
 (``pipeline.compare.lr_grid``, from ``results/lr_grid/``), figures, diagnostics), ``comparison.csv`` (one row per
-variant), ``significance.csv`` (one row per compared pair, with its verdict),
+variant), ``significance.csv`` (one row per comparison, with its verdict), ``lr_grid_significance.csv`` (the
+same at each variant's best learning rate; only a header without a grid),
 ``reports/figures/*.png``, ``reports/metrics.json`` (for ``dvc metrics``/``dvc exp show``),
 and a ``comparison`` run in the same MLflow experiment holding the tables and figures, whose
 description is the report with figures and runs linked for the MLflow UI.
@@ -54,8 +55,11 @@ def metrics_summary(data: report.ReportData) -> dict:
     metrics = {r.variant: {"test_accuracy": round(r.test_accuracy_mean, 6), "test_loss": round(r.test_loss_mean, 6),
                            "n_seeds": r.n_seeds} for r in data.table.itertuples()}
     if not data.significance.empty:
-        metrics["significance"] = {f"{r.a}_vs_{r.b}": {"diff_pp": round(r.diff_pp, 4), "p_holm": round(r.p_holm, 6)}
-                                   for r in data.significance.itertuples()}
+        metrics["significance"] = {
+            (f"{r.a}_vs_{r.b}" if r.b else f"interaction_{n}"): {
+                "diff_pp": round(r.diff_pp, 4), "low_pp": round(r.low_pp, 4), "high_pp": round(r.high_pp, 4),
+                "p_holm": round(r.p_holm, 6), "equivalent": int(r.verdict == "equivalent")}
+            for n, r in enumerate(data.significance.itertuples(), start=1)}
     metrics.update(conclusions.metrics(list(data.conclusions)))
     if data.convergence is not None:
         metrics.update(convergence.metrics(data.convergence.steps, data.convergence.targets))
@@ -91,6 +95,8 @@ def write_report(runs: dict[RunKey, RunData], table: pd.DataFrame, tests: pd.Dat
         data.metrics = metrics_summary(data)
         table.to_csv(staging / "comparison.csv", index=False)
         tests.to_csv(staging / "significance.csv", index=False)
+        grid_tests = data.lr_grid.significance if data.lr_grid is not None else pd.DataFrame(columns=tests.columns)
+        grid_tests.to_csv(staging / "lr_grid_significance.csv", index=False)
         (staging / "comparison.md").write_text(report.render(data))
         (staging / "metrics.json").write_text(json.dumps(data.metrics, indent=2) + "\n")
         _publish(staging, reports)

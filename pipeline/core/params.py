@@ -161,13 +161,31 @@ class Conclusion(Section):
     holds_if: list[Pair]
 
 
+class Interaction(Section):
+    """A contrast of four variants, ``(plus[0] − minus[0]) − (minus[1] − plus[1])``: what one change adds
+    with the other change present, minus what it adds without it (0 when the two do not interact)."""
+
+    question: str
+    plus: Pair
+    minus: Pair
+
+    def weights(self) -> dict[str, float]:
+        return {self.plus[0]: 1.0, self.minus[0]: -1.0, self.minus[1]: -1.0, self.plus[1]: 1.0}
+
+    def label(self) -> str:
+        return f"({self.plus[0]} − {self.minus[0]}) − ({self.minus[1]} − {self.plus[1]})"
+
+
 class CompareSettings(Section):
     alpha: Probability = 0.05
     confidence: Probability = 0.95
+    # |difference| in test accuracy below this (a fraction: 0.001 = 0.1 pp) is "no meaningful difference"
+    equivalence_margin: Probability = 0.001
     control: Name | None = None
     pairs: list[Pair] = []
     reference: dict[str, ReferenceResult] = {}
     conclusions: list[Conclusion] = []
+    interactions: list[Interaction] = []
 
 
 class Params(Section):

@@ -24,7 +24,7 @@ from pipeline.core.cli import run_main
 from pipeline.core.errors import UserError
 from pipeline.core.params import NormalizeSettings, Params
 from pipeline.data.idx import IdxError, read_idx
-from pipeline.data.prepared import FILES, split_digest
+from pipeline.data.prepared import split_digest
 
 log = logging.getLogger("pipeline.data.normalize")
 

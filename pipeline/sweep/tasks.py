@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import labels
-from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.data import prepared as prepared_data
 

@@ -30,7 +30,6 @@ as diverged (tag ``diverged``, metric ``timing/diverged_at_step``).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from pipeline.core import backend, metric_names, paths, tracking
@@ -40,7 +39,7 @@ from pipeline.train import steps
 from pipeline.train.artifacts import write_record
 from pipeline.train.inputs import carve_validation, load_data
 from pipeline.train.logged_model import log_model
-from pipeline.train.resolve import TrainOptions, TrainResult, TrainSetup, grid_params, resolve, run_tags
+from pipeline.train.resolve import TrainOptions, TrainResult, grid_params, resolve, run_tags
 
 __all__ = ["TrainOptions", "TrainResult", "train", "main"]  # the stage's interface for callers (benchmark, sweep)
 

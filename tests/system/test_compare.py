@@ -32,7 +32,7 @@ from scipy import stats as sps
 
 from conftest import tiny_params
 from pipeline.core import metric_names as M
-from pipeline.compare import stats
+from pipeline.compare import evidence, stats
 from pipeline.compare.stage import DESCRIPTION_LIMIT, compare
 from pipeline.compare.report import store_label
 from pipeline.core.errors import UserError
@@ -224,16 +224,17 @@ def test_notebook_reference_columns_come_from_params(study, report):
 
 
 @slow
-def test_wilson_interval_from_the_predictions_artifact(study, report):
+def test_accuracy_interval_from_the_predictions_artifact(study, report):
+    """One seed: the interval is the test images' alone (a t interval over the per-image correctness)."""
     for v in VARIANTS:
         correct = _correct(study, study.records[v]["run_id"])
         assert len(correct) == TEST_LIMIT
         assert correct.mean() == pytest.approx(study.records[v]["test_accuracy"], abs=1e-6)
         row = _row(report.table, v)
-        lo, hi = stats.wilson_interval(int(correct.sum()), len(correct), 0.95)
-        assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx((lo, hi), rel=1e-12)
+        lo, hi = sps.t.interval(0.95, len(correct) - 1, loc=correct.mean(), scale=sps.sem(correct.astype(float)))
+        assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx((lo, hi), rel=1e-9)
         assert row["accuracy_ci_low"] < row["test_accuracy_mean"] < row["accuracy_ci_high"]
-        assert row["ci_method"] == f"Wilson, {TEST_LIMIT} test images"
+        assert row["ci_method"] == f"{TEST_LIMIT} test images, one seed"
 
 
 # --- the report files ------------------------------------------------------------------------
@@ -277,13 +278,16 @@ def test_markdown_has_every_variant_and_every_verdict(study, report):
     assert md.startswith("# LeNet-5 on MNIST")
     assert sorted(line.split("|")[1].strip() for line in _results_section(md).splitlines()
                   if line.startswith("| ") and not line.startswith("| variant ")) == sorted(VARIANTS)
-    verdicts = [line[2:] for line in md.splitlines() if line.startswith("- ") and " vs " in line and " pp, p = " in line]
+    verdicts = [line[2:] for line in md.splitlines() if line.startswith("- ") and " vs " in line and "Holm p = " in line]
     assert [tuple(v.split(":")[0].split(" vs ")) for v in verdicts] == EXPECTED_PAIRS
     for v in verdicts:
-        assert re.fullmatch(r"\w+ vs \w+: [+-]\d+\.\d\d pp, p = \S+ — (not distinguishable|\w+ is better)", v), v
-    assert verdicts == report.significance["verdict"].tolist() == report.significance_csv["verdict"].tolist()
+        assert re.fullmatch(r"\w+ vs \w+: [+-]\d+\.\d\d pp \(\d+\.\d% interval [+-]\d+\.\d\d to [+-]\d+\.\d\d pp\), "
+                            r"Holm p = \S+ — (\w+ better|equivalent|inconclusive)( \(smallest difference .*\))?", v), v
+    calls = [v.split(" — ")[1].split(" (")[0] for v in verdicts]
+    assert calls == report.significance_csv["call"].tolist() == report.significance["call"].tolist()
+    assert report.significance["verdict"].tolist() == report.significance_csv["verdict"].tolist()
     assert "bn_all" not in md.split("## Which differences are real")[1].split("## Figures")[0]
-    assert "McNemar's exact test" in md
+    assert "McNemar's exact p per seed" in md and "**The setting these verdicts hold for:**" in md
     for name in FIGURES:
         assert f"(figures/{name})" in md
 
@@ -402,6 +406,16 @@ def test_significance_csv_is_the_logged_table(report):
             assert csv[column].astype(str).tolist() == logged[column].astype(str).tolist(), column
 
 
+def _holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjustment, written out: the k-th smallest p times (m - k), running maximum, capped at 1."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [0.0] * len(ps), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - k) * ps[i]))
+        out[i] = running
+    return out
+
+
 @slow
 def test_mcnemar_counts_are_the_predictions(study, report):
     significance = report.significance_csv
@@ -412,18 +426,20 @@ def test_mcnemar_counts_are_the_predictions(study, report):
         only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
         assert (r.only_a_right, r.only_b_right) == (only_a, only_b)
         p = sps.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-        assert r.mcnemar_p == pytest.approx(p, rel=1e-6, abs=1e-9)
-        assert r.test == "McNemar (exact)" and math.isnan(r.seed_t_p)
-        assert r.p == r.mcnemar_p
-        assert r.diff_pp == pytest.approx(100 * (a.mean() - b.mean()), abs=1e-4)
         assert r.mcnemar_p_per_seed == f"{p:.3g}"
+        # one seed: the images are the only source, a paired t over the per-image differences
+        assert r.p == pytest.approx(max(1e-12, sps.ttest_rel(a.astype(float), b.astype(float)).pvalue), rel=1e-6)
+        assert math.isnan(r.p_seed_t)
+        assert r.diff_pp == pytest.approx(100 * (a.mean() - b.mean()), abs=1e-4)
         shown = [cell.strip() for cell in _md_line(report.md, f"| {r.a} vs {r.b} ").strip("|").split("|")]
         assert f"{r.diff_pp:+.2f}" in shown and f"{r.p_holm:.2g}" in shown, shown
-    assert significance["p_holm"].tolist() == pytest.approx(stats.holm(significance["p"].tolist()), rel=1e-9)
+    for family, rows in significance.groupby("family"):
+        assert rows["p_holm"].tolist() == pytest.approx(_holm(rows["p"].tolist()), rel=1e-9), family
+    assert set(significance["family"]) == {"confirmatory", "exploratory"}
     for r in significance.itertuples():
-        assert r.verdict == stats.verdict(r.a, r.b, r.diff_pp, r.p_holm, 0.05)
-        assert r.verdict.startswith(f"{r.a} vs {r.b}: {r.diff_pp:+.2f} pp, p = ")
-    assert any(v.endswith(" is better") for v in significance["verdict"])  # 200 images do separate some variants
+        direction = r.call.endswith(" better")
+        assert direction == (r.p_holm < 0.05) == (r.low_pp > 0 or r.high_pp < 0), r
+    assert any(c.endswith(" better") for c in significance["call"])  # 200 images do separate some variants
 
 
 # --- which runs ------------------------------------------------------------------------------
@@ -678,9 +694,12 @@ def test_three_seeds_table_has_mean_and_std(study, seeds_report):
         assert row["test_loss_std"] == pytest.approx(np.std(loss, ddof=1), rel=1e-9)
         assert row["test_loss_std"] > 0  # the seeds really differ
         assert row["train_seconds_mean"] == pytest.approx(np.mean([r.data.metrics[M.TRAIN_SECONDS] for r in runs]))
-        ci = sps.t.interval(0.95, 2, loc=np.mean(acc), scale=sps.sem(acc))
-        assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx(ci, rel=1e-9)
-        assert row["ci_method"] == "t across 3 seeds"
+        matrix = np.vstack([_correct(study, records[(v, s)]["run_id"]) for s in SEEDS])
+        expected = evidence.contrast({v: matrix}, {v: 1.0}, margin=0.0, alpha=0.05).interval
+        assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx((expected.low, expected.high))
+        seeds_only = sps.t.interval(0.95, 2, loc=np.mean(acc), scale=sps.sem(acc))
+        assert row["accuracy_ci_high"] - row["accuracy_ci_low"] >= 0.999 * (seeds_only[1] - seeds_only[0])
+        assert row["ci_method"] == f"3 seeds and {TEST_LIMIT} test images"
         csv = report.csv.set_index("variant").loc[v]
         assert (csv["n_seeds"], csv["run_ids"]) == (3, row["run_ids"])
         np.testing.assert_allclose(csv[["test_loss_mean", "test_loss_std", "test_accuracy_mean", "test_accuracy_std"]]
@@ -694,26 +713,24 @@ def test_three_seeds_table_has_mean_and_std(study, seeds_report):
 
 
 @slow
-def test_three_seeds_verdict_uses_the_paired_t_test(study, seeds_report):
+def test_three_seeds_verdict_uses_seeds_and_images(study, seeds_report):
     report, records = seeds_report
     significance = report.significance_csv
     assert list(zip(significance["a"], significance["b"])) == [("bn_hidden", "plain")]
     r = significance.iloc[0]
     acc_bn = [records[("bn_hidden", s)]["test_accuracy"] for s in SEEDS]
     acc_plain = [records[("plain", s)]["test_accuracy"] for s in SEEDS]
-    expected = sps.ttest_rel(acc_bn, acc_plain).pvalue
-    assert not math.isnan(r["seed_t_p"])
-    assert r["seed_t_p"] == pytest.approx(expected, rel=1e-6)
-    assert r["p"] == r["seed_t_p"] and r["p_holm"] == pytest.approx(r["p"])  # one comparison: nothing to adjust
-    assert r["test"] == "paired t across seeds"
+    assert r["p_seed_t"] == pytest.approx(sps.ttest_rel(acc_bn, acc_plain).pvalue, rel=1e-6)
+    assert r["p_sign_flip"] >= 0.25  # three seeds: the exact test cannot go lower
+    matrices = {v: np.vstack([_correct(study, records[(v, s)]["run_id"]) for s in SEEDS]) for v in ("bn_hidden", "plain")}
+    expected = evidence.contrast(matrices, {"bn_hidden": 1.0, "plain": -1.0}, margin=0.001, alpha=0.05)
+    assert r["p"] == pytest.approx(expected.p, rel=1e-9) and r["p_holm"] == pytest.approx(r["p"])  # one comparison
     assert r["diff_pp"] == pytest.approx(100 * (np.mean(acc_bn) - np.mean(acc_plain)), abs=1e-4)
-    p_mcnemar = [stats.mcnemar(_correct(study, records[("bn_hidden", s)]["run_id"]),
-                               _correct(study, records[("plain", s)]["run_id"])).p_value for s in SEEDS]
+    p_mcnemar = [stats.mcnemar(matrices["bn_hidden"][i], matrices["plain"][i]).p_value for i in range(len(SEEDS))]
     assert r["mcnemar_p_per_seed"] == " ".join(f"{p:.3g}" for p in p_mcnemar)
-    assert r["mcnemar_p"] == pytest.approx(max(p_mcnemar), rel=1e-12)
     shown = [cell.strip() for cell in _md_line(report.md, "| bn_hidden vs plain ").strip("|").split("|")]
-    assert r["mcnemar_p_per_seed"] in shown and f"{expected:.2g}" in shown, shown
-    assert "paired t-test of test accuracy across seeds" in report.md
+    assert f"{r['p_seed_t']:.2g}" in shown and f"{r['p']:.2g}" in shown, shown
+    assert "paired t-test across seeds alone" in report.md
 
 
 # --- the notebook's conclusions and convergence speed ----------------------------------------
@@ -731,14 +748,13 @@ def test_the_report_opens_with_the_conclusions_judged(study, report):
     section = _section(md, "## The notebook's conclusions, judged")
     sig = report.significance_csv.set_index(["a", "b"])
     first = sig.loc[("bn_hidden", "dropout")]
-    call = "holds" if first.p_holm < 0.05 and first.diff_pp > 0 else \
-        "reversed" if first.p_holm < 0.05 else "not distinguishable"
+    call = {"positive": "holds", "negative": "reversed"}.get(first.verdict, first.verdict)
     assert f'1. "Batch norm beats dropout." — **{call}**' in section
-    assert (f"bn_hidden − dropout: {first.diff_pp:+.2f} pp (one seed: no interval across seeds); McNemar (exact), "
-            f"Holm-adjusted p = {first.p_holm:.2g}: {call}") in section
+    assert (f"bn_hidden − dropout: {first.diff_pp:+.2f} pp ({100 * first.confidence:.1f}% interval "
+            f"{first.low_pp:+.2f} to {first.high_pp:+.2f} pp, seeds and test images), Holm p = {first.p_holm:.2g}") in section
     assert '3. "Batch norm on the input helps." — **not tested**' in section
     assert "needs bn_all, not trained in this study" in section
-    assert report.metrics["conclusion_1"]["verdict"] == {"holds": 1, "not distinguishable": 0, "reversed": -1}[call]
+    assert report.metrics["conclusion_1"]["verdict"] == {"holds": 1, "equivalent": 0, "inconclusive": 0, "reversed": -1}[call]
     assert report.metrics["conclusion_1"]["min_diff_pp"] == pytest.approx(first.diff_pp, abs=1e-4)
     assert report.summary.data.tags["conclusion_1"] == f"Batch norm beats dropout. {call}"
     assert report.summary.data.metrics["conclusion_1.verdict"] == report.metrics["conclusion_1"]["verdict"]

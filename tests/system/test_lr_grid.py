@@ -69,6 +69,17 @@ def test_a_rate_where_any_seed_diverged_is_never_best_and_is_shown():
         "diverged_runs": 2}
 
 
+def test_a_collapsed_training_is_shown_and_its_rate_is_never_best():
+    """Near chance without meeting the divergence rule (plain at 0.3 once ended at 0.09): flagged, not averaged in."""
+    runs = [_run("a", 0, 0.3, 0.99, 0.99), _run("a", 1, 0.3, 0.09, 0.09)]
+    runs += [_run("a", s, 0.1, 0.90, 0.90) for s in (0, 1)]
+    table = lr_report.summary(runs, ["a"])
+    assert lr_report.best_rates(table) == {"a": 0.1}
+    row = table[table["rate"] == 0.3].iloc[0]
+    assert (row["n_diverged"], row["n_collapsed"]) == (0, 1)
+    assert lr_report.rate_cell(row) == "0.5400 (0.0900–0.9900); 1 of 2 collapsed (near chance)"
+
+
 def test_validation_split_is_fixed_by_the_seed_and_disjoint_from_training():
     x = np.arange(100, dtype=np.float32).reshape(100, 1)
     data = {"x_train": x, "y_train": np.arange(100), "x_test": x[:5], "y_test": np.arange(5)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import itertools
 import math
 import time
 from dataclasses import replace
@@ -360,8 +359,8 @@ def test_inputs_are_checked():
     ok = np.ones((3, 10), bool)
     with pytest.raises(ValueError, match="differ in shape"):
         ev.contrast({"a": ok, "b": np.ones((3, 9), bool)}, PAIR, margin=0.001, alpha=0.05)
-    with pytest.raises(ValueError, match="n_seeds >= 2"):
-        ev.contrast({"a": ok[:1], "b": ok[:1]}, PAIR, margin=0.001, alpha=0.05)
+    with pytest.raises(ValueError, match="n_images >= 2"):
+        ev.contrast({"a": ok[:, :1], "b": ok[:, :1]}, PAIR, margin=0.001, alpha=0.05)
     with pytest.raises(ValueError, match="margin"):
         ev.contrast({"a": ok, "b": ok}, PAIR, margin=-1, alpha=0.05)
 
@@ -391,3 +390,17 @@ def test_one_interaction_over_5_seeds_and_10000_images_takes_milliseconds():
     for _ in range(5):
         ev.contrast(correct, INTERACTION, margin=0.001, alpha=0.05)
     assert (time.perf_counter() - start) / 5 < 0.2
+
+
+def test_one_seed_is_a_paired_test_over_the_images_alone():
+    """With one seed the standard error is the images' (the one-sample t over per-image differences):
+    checked against SciPy's paired t-test on the same vectors."""
+    rng = np.random.default_rng(5)
+    a = rng.random((1, 400)) < 0.9
+    b = rng.random((1, 400)) < 0.8
+    c = ev.contrast({"a": a, "b": b}, PAIR, margin=0.001, alpha=0.05)
+    expected = sps.ttest_rel(a[0].astype(float), b[0].astype(float))
+    assert c.df == 399 and math.isclose(c.p, max(ev.P_FLOOR, expected.pvalue), rel_tol=1e-9)
+    assert math.isnan(c.p_paired_t) and c.p_sign_flip == 1.0
+    r = ev.reproduction(0.5, a, alpha=0.05)
+    assert not r.reproduced and r.df == 399
