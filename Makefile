@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's stages call `python`: make it the environment's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup study test test-fast bench ui sweep clean-venv
+.PHONY: setup study test test-unit test-fast bench ui sweep clean-venv
 
 setup: $(STAMP)
 
@@ -25,6 +25,9 @@ study: $(STAMP)
 # Two workers, a test file per worker at a time (see tests/conftest.py): about half the wall time.
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

@@ -102,11 +102,12 @@ def render_diagnostics(section, links: Links = FILE_LINKS) -> str:
     return template.render(diagnostics=section, links=links, **diagnostics.tables(section))
 
 
-def render(data: ReportData, links: Links = FILE_LINKS, with_diagnostics: bool = True) -> str:
-    """The report; without ``with_diagnostics`` the diagnostics section is replaced by a pointer to ``comparison.md``."""
+def render(data: ReportData, links: Links = FILE_LINKS, with_diagnostics: bool = True, with_tables: bool = True) -> str:
+    """The report; without ``with_diagnostics`` the diagnostics section, without ``with_tables`` the significance
+    tables (their verdict lines stay), are replaced by a pointer to ``comparison.md``."""
     tests = data.significance
     context = {
-        "with_diagnostics": with_diagnostics,
+        "with_diagnostics": with_diagnostics, "with_tables": with_tables,
         "experiment": data.experiment, "store": data.store, "seeds": data.params.seeds,
         "control": data.params.compare.control, "train": data.params.train, "alpha": data.params.compare.alpha,
         "n_train": data.n_train, "n_test": data.n_test, "links": links,
@@ -158,11 +159,13 @@ def _significance_context(tests: pd.DataFrame, data: ReportData) -> dict:
 
 def render_description(data: ReportData, links: Links, limit: int) -> str:
     """The report for an MLflow run description, at most ``limit`` characters (MLflow's tag limit):
-    whole when it fits, else without the diagnostics section, else cut at a line with a pointer."""
-    text = render(data, links)
-    if len(text) <= limit:
-        return text
-    return cut(render(data, links, with_diagnostics=False), limit)
+    whole when it fits, else without the diagnostics section, else also without the significance tables,
+    else cut at a line with a pointer."""
+    for text in (render(data, links), render(data, links, with_diagnostics=False),
+                 render(data, links, with_diagnostics=False, with_tables=False)):
+        if len(text) <= limit:
+            return text
+    return cut(text, limit)
 
 
 CUT_NOTE = "\n\n*(cut to fit MLflow's description limit: the whole report is `comparison.md` among this run's artifacts)*\n"

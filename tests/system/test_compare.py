@@ -30,7 +30,7 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from conftest import tiny_params
+from conftest import ROOT, tiny_params
 from pipeline.core import metric_names as M
 from pipeline.compare import evidence, stats
 from pipeline.compare.stage import DESCRIPTION_LIMIT, compare
@@ -606,10 +606,17 @@ def test_summary_run_description_is_the_report_linked_for_the_ui(study, report):
     as_file = re.sub(r"\[(\w{32})\]\(#/experiments/\w+/runs/\1\)", r"\1", as_file)
     if not trimmed:
         assert as_file == report.md
-    else:  # too long for a description (UI links are longer than file names): all but the diagnostics
+    else:  # too long for a description (UI links are longer than file names): the report without the
+        # diagnostics (and, if still too long, without the significance tables), each replaced by a pointer
         head, _, _ = report.md.partition("## Diagnostics: measurements, not causes")
         assert len(report.md) > 0.75 * DESCRIPTION_LIMIT
-        assert as_file.startswith(head) and "`comparison.md` among this run's artifacts" in as_file[len(head):]
+        added = [line for line in as_file.splitlines() if line and line not in report.md.splitlines()]
+        assert added and all("`comparison.md` among this run's artifacts" in line or line == "## Diagnostics"
+                             for line in added), added
+        kept = [line for line in head.splitlines() if line and line not in as_file.splitlines()]
+        assert all(line.startswith("|") or line.startswith("**Confirmatory") or line.startswith("**Exploratory")
+                   for line in kept), kept  # only the tables may go
+        assert "## Figures" in as_file
 
 
 @slow
@@ -697,8 +704,9 @@ def test_three_seeds_table_has_mean_and_std(study, seeds_report):
         matrix = np.vstack([_correct(study, records[(v, s)]["run_id"]) for s in SEEDS])
         expected = evidence.contrast({v: matrix}, {v: 1.0}, margin=0.0, alpha=0.05).interval
         assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx((expected.low, expected.high))
-        seeds_only = sps.t.interval(0.95, 2, loc=np.mean(acc), scale=sps.sem(acc))
-        assert row["accuracy_ci_high"] - row["accuracy_ci_low"] >= 0.999 * (seeds_only[1] - seeds_only[0])
+        # both sources: never less spread than the seeds alone show (the interval's t quantile may be smaller,
+        # on the images' many degrees of freedom)
+        assert evidence.contrast({v: matrix}, {v: 1.0}, margin=0.0, alpha=0.05).se >= 0.999 * sps.sem(acc)
         assert row["ci_method"] == f"3 seeds and {TEST_LIMIT} test images"
         csv = report.csv.set_index("variant").loc[v]
         assert (csv["n_seeds"], csv["run_ids"]) == (3, row["run_ids"])
@@ -802,7 +810,7 @@ def test_the_compare_stage_runs_where_keras_cannot_be_imported(study, report, tm
     same report as the one this module's fixture wrote."""
     code = KERAS_BLOCKED.replace("sys.argv_params", repr(str(study.params_path))).replace(
         "sys.argv_results", repr(str(study.results))).replace("sys.argv_reports", repr(str(tmp_path / "reports")))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": study.uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": study.uri, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=study.root, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
