@@ -29,7 +29,7 @@ import pandas as pd
 
 from pipeline.compare import conclusions, convergence, diagnostics, lr_grid, report, results, significance
 from pipeline.compare.runs import RunData, RunKey, check_records_match, fetch_runs, read_records
-from pipeline.core import paths, tracking
+from pipeline.core import labels, paths, tracking
 from pipeline.core.cli import run_main
 from pipeline.core.figures import palette
 from pipeline.core.params import Params
@@ -40,13 +40,26 @@ DESCRIPTION_LIMIT = 8000  # MLflow truncates a tag value (the run description is
 
 
 def _publish(staging: Path, reports: Path) -> None:
-    """Move the staged report into place: figures as a whole, then the files."""
+    """Move the staged report into place: each folder as a whole, then the files."""
     reports.mkdir(parents=True, exist_ok=True)
-    if (reports / "figures").exists():
-        shutil.rmtree(reports / "figures")
-    os.replace(staging / "figures", reports / "figures")
-    for item in staging.iterdir():
+    for item in sorted(staging.iterdir(), key=lambda p: not p.is_dir()):
+        if item.is_dir() and (reports / item.name).exists():
+            shutil.rmtree(reports / item.name)
         os.replace(item, reports / item.name)
+
+
+def _tagged(frame: pd.DataFrame, run: RunData) -> pd.DataFrame:
+    return frame.assign(variant=run.variant, seed=run.seed, run=labels.run_label(run.variant, run.seed))
+
+
+def write_overlays(runs: dict[RunKey, RunData], out: Path) -> None:
+    """Long-form tables for ``dvc plots show`` (dvc.yaml's top-level ``plots``): a row per run and point."""
+    out.mkdir()
+    ordered = [run for _, run in sorted(runs.items())]
+    epochs = pd.concat([_tagged(run.curves[["epoch", "test_accuracy"]], run) for run in ordered], ignore_index=True)
+    epochs[["variant", "seed", "run", "epoch", "test_accuracy"]].to_csv(out / "test_accuracy_per_epoch.csv", index=False)
+    steps = pd.concat([_tagged(run.convergence[["step", "test_accuracy"]], run) for run in ordered], ignore_index=True)
+    steps[["variant", "seed", "run", "step", "test_accuracy"]].to_csv(out / "heldout_accuracy_per_step.csv", index=False)
 
 
 def metrics_summary(data: report.ReportData) -> dict:
@@ -97,6 +110,7 @@ def write_report(runs: dict[RunKey, RunData], table: pd.DataFrame, tests: pd.Dat
         tests.to_csv(staging / "significance.csv", index=False)
         grid_tests = data.lr_grid.significance if data.lr_grid is not None else pd.DataFrame(columns=tests.columns)
         grid_tests.to_csv(staging / "lr_grid_significance.csv", index=False)
+        write_overlays(runs, staging / "plots")
         (staging / "comparison.md").write_text(report.render(data))
         (staging / "metrics.json").write_text(json.dumps(data.metrics, indent=2) + "\n")
         _publish(staging, reports)
