@@ -144,15 +144,15 @@ def _significance_context(tests: pd.DataFrame, data: ReportData) -> dict:
                "collapsed_below": lr_grid.COLLAPSED_BELOW}
     if tests.empty:
         return context
+    questions = {i.label(): i.question for i in settings.interactions}
     context.update({
         "confirmatory_table": _table_or_none(tests, significance.CONFIRMATORY),
         "exploratory_table": _table_or_none(tests, significance.EXPLORATORY),
         "n_confirmatory": int((tests["family"] == significance.CONFIRMATORY).sum()),
         "n_exploratory": int((tests["family"] == significance.EXPLORATORY).sum()),
         "verdicts": [significance.verdict_line(row) for row in tests.itertuples()],
-        "interaction_lines": [f"{questions.get(row.comparison, row.comparison)} {significance.verdict_line(row)}"
-                              for row in tests.itertuples() if not row.b
-                              for questions in [{i.label(): i.question for i in settings.interactions}]],
+        "interaction_lines": [f"{questions.get(row.comparison, '')} {significance.verdict_line(row)}"
+                              for row in tests.itertuples() if not row.b],
     })
     return context
 
