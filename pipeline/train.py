@@ -162,9 +162,10 @@ def log_setup(setup: TrainSetup, model, data: dict) -> dict[str, Any]:
     datasets = {}
     splits = (("train", "training"), ("val", "validation"), ("test", "testing"))
     for split, context in (s for s in splits if f"y_{s[0]}" in data):
-        datasets[split] = mlflow.data.from_numpy(data[f"x_{split}"], targets=data[f"y_{split}"], name=f"mnist-{split}")
-        mlflow.log_input(datasets[split], context=context)
-    return datasets
+        datasets[split] = (mlflow.data.from_numpy(data[f"x_{split}"], targets=data[f"y_{split}"],
+                                                  name=f"mnist-{split}"), context)
+    tracking.log_datasets(datasets)  # safe when trainings log the same new dataset at once
+    return {split: dataset for split, (dataset, _) in datasets.items()}
 
 
 def flat_params(setup: TrainSetup, data: dict) -> dict[str, Any]:
@@ -387,9 +388,14 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args = parse_args(argv)
-    run_main(lambda: train(args.variant, whole_number("seed", args.seed), overrides=train_overrides(args),
-                           record_dir=args.record, dvc_stage=args.dvc_stage, params_path=args.params,
-                           grid_rate=number("grid-rate", args.grid_rate)))
+
+    def body() -> None:
+        with tracking.launcher_run_ended():  # under `mlflow run`, stopped before training: its run ends too
+            train(args.variant, whole_number("seed", args.seed), overrides=train_overrides(args),
+                  record_dir=args.record, dvc_stage=args.dvc_stage, params_path=args.params,
+                  grid_rate=number("grid-rate", args.grid_rate))
+
+    run_main(body)
 
 
 if __name__ == "__main__":
