@@ -92,8 +92,10 @@ def run_label(key: tuple) -> str:
 def _check_run(run, run_id: str, key: tuple, uri: str, metrics: tuple[str, ...] = FINAL_METRICS) -> None:
     stage, label = paths.stage_name(*key), run_label(key)
     if run is None:
-        raise UserError(f"run {run_id} ({label}) is not in the MLflow store {tracking.redact(uri)}; "
-                        f"was it trained against another store? Re-run `dvc repro -f {stage}`")
+        record = (paths.result_dir(*key) / "record.json").relative_to(paths.ROOT)
+        raise UserError(f"run {run_id} ({label}) is not in the MLflow store {tracking.redact(uri)}, though {record} "
+                        "names it: set MLFLOW_TRACKING_URI to the store the study was logged in (a team's tracking "
+                        f"server: README, 'Working as a team'), or retrain it with `dvc repro -f {stage}`")
     if run.info.status != "FINISHED":
         raise UserError(f"run {run_id} ({label}) is {run.info.status}, not FINISHED; "
                         f"re-run `dvc repro -f {stage}`")

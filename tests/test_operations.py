@@ -340,3 +340,108 @@ def test_a_store_locked_by_another_process_is_one_line(tmp_path):
     error = one_line_error(proc.stderr)
     assert error.startswith(f"error: MLflow store {db} is locked by another process (waited {LOCK_WAIT_S:g} s)")
     assert f"fuser {db}" in error and "epoch" not in proc.stdout
+
+
+# --------------------------------------------------------------------------- 4. a server restarted
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:``port`` over ``folder``'s SQLite store and artifacts (a restart
+    finds everything where the first one left it)."""
+    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+           "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    log = folder / f"server-{time.time():.0f}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health", proc, log, 120)
+    return proc
+
+
+def test_a_training_outlives_its_tracking_server_stopped_for_20_s(tmp_path):
+    """The server stopped after the first epoch and started again 20 s later on the same port: MLflow's
+    client retries (7 times, 0+4+8+16+... s: about 4 minutes in all by default) carry the training
+    through, and it ends FINISHED with every epoch's and every held-out check's metrics."""
+    epochs = 8
+    folder = tmp_path / "server"
+    folder.mkdir()
+    port = free_port()
+    server = start_server(folder, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        project, env = prepared_project(tmp_path, tiny_params(epochs=epochs, train_limit=600), MLFLOW_TRACKING_URI=url)
+        env.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        env.pop("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", None)
+        proc = Proc(train_cmd("plain", "--record", "results/plain-s0"), project, env, tmp_path / "logs", "train")
+        try:
+            proc.wait_for("epoch 1/", 300)
+            stop_group(server)
+            time.sleep(20)
+            server = start_server(folder, port)
+            assert proc.wait(600) == 0, proc.stderr[-3000:]
+        finally:
+            proc.kill()
+        record = yaml.safe_load((project / "results" / "plain-s0" / "record.json").read_text())
+        client = mlflow.MlflowClient(url)
+        assert client.get_run(record["run_id"]).info.status == "FINISHED"
+        for key in M.EPOCH.values():
+            assert sorted(m.step for m in client.get_metric_history(record["run_id"], key)) == \
+                list(range(1, epochs + 1)), key
+        checks = client.get_metric_history(record["run_id"], M.CONVERGENCE_ACCURACY)
+        assert len({m.step for m in checks}) == len(checks) >= epochs
+        assert "predictions.csv" in {a.path for a in client.list_artifacts(record["run_id"])}
+    finally:
+        stop_group(server)
+
+
+# --------------------------------------------------------------------------- 5. a study shared
+
+
+def git(project: Path, env: dict, *args: str) -> None:
+    proc = run(["git", *args], project, env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_study_shared_through_a_tracking_server_and_a_dvc_remote(tmp_path):
+    """Clone A trains a tiny study against a tracking server, pushes its DVC outputs to a remote and
+    commits; clone B (a git clone of A) pulls, finds the pipeline up to date, and regenerates the
+    same report from the server without training. Without the server, B's compare says which record
+    names a run its store lacks, and what to do."""
+    params = tiny_params(**SMALL)
+    params["variants"] = {v: params["variants"][v] for v in ("plain", "bn_hidden")}
+    remote = tmp_path / "dvc-remote"
+    with mlflow_server(tmp_path / "server", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}") as url:
+        env = subprocess_env(tmp_path, DVC_NO_ANALYTICS="1", MLFLOW_TRACKING_URI=url)
+        a = make_project_copy(tmp_path / "a", params)
+        for cmd in (["dvc", "remote", "add", "-d", "team", str(remote)], ["dvc", "repro"], ["dvc", "push"]):
+            proc = run(cmd, a, env, timeout=900)
+            assert proc.returncode == 0, f"A: {cmd}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        git(a, env, "add", "-A")
+        git(a, env, "commit", "-qm", "the study")
+
+        b = tmp_path / "b"
+        git(tmp_path, env, "clone", "-q", str(a), str(b))
+        pulled = run(["dvc", "pull"], b, env, timeout=300)
+        assert pulled.returncode == 0, pulled.stdout[-3000:] + pulled.stderr[-3000:]
+        status = run(["dvc", "status"], b, env, timeout=120)
+        assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+        repro = run(["dvc", "repro"], b, env, timeout=300)
+        assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
+        report_a = (a / "reports" / "comparison.md").read_text()
+        (b / "reports" / "comparison.md").unlink()
+        again = run(["dvc", "repro", "-f", "-s", "compare"], b, env, timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "Running stage 'compare'" in again.stdout and "Running stage 'train@" not in again.stdout
+        assert (b / "reports" / "comparison.md").read_text() == report_a
+        trainings = [r for r in all_runs(mlflow.MlflowClient(url)) if r.data.tags.get("pipeline.kind") != "comparison"]
+        assert len(trainings) == 2  # B trained nothing
+
+    record = yaml.safe_load((b / "results" / "plain-s0" / "record.json").read_text())
+    local = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"}
+    mlflow.MlflowClient(local["MLFLOW_TRACKING_URI"]).search_experiments()  # a store, but not the study's
+    proc = run([PYTHON, "-m", "pipeline.compare"], b, local, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = one_line_error(proc.stderr)
+    assert f"run {record['run_id']} (" in error and "results/" in error and "record.json" in error, error
+    assert "MLFLOW_TRACKING_URI" in error and "dvc repro -f train@" in error, error
