@@ -37,7 +37,7 @@ CANCEL_GRACE_S = 15.0
 # MLflow settings and credentials the workers need to reach the same tracking server.
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                  "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
-                 "TF_CPP_MIN_LOG_LEVEL")
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "TF_CPP_MIN_LOG_LEVEL")
 
 
 def server_command(root: Path = paths.ROOT) -> str:
