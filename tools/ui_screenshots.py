@@ -20,8 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.core import metric_names
-from pipeline import tracking  # noqa: E402
+from pipeline.core import metric_names, store, ui_view  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -48,7 +47,7 @@ def browser_page(width: int = 1600, height: int = 1000):
 
 
 def runs_url(base: str, experiment_id: str) -> str:
-    return tracking.ui_url(base, experiment_id)
+    return ui_view.ui_url(base, experiment_id)
 
 
 def run_metrics_url(base: str, experiment_id: str, run_id: str) -> str:
@@ -92,7 +91,7 @@ def save(base: str, experiment: str, out: Path, uri: str | None = None, page=Non
     client = mlflow.MlflowClient(uri or base)  # the server answers the tracking API too
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise SystemExit(f"no experiment {experiment!r} at {tracking.redact(uri or base)}")
+        raise SystemExit(f"no experiment {experiment!r} at {store.redact(uri or base)}")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.variant != ''",
                               order_by=[f"metrics.`{metric_names.TEST_ACCURACY}` DESC"], max_results=1)
     if not runs:

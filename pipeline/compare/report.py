@@ -18,10 +18,11 @@ from urllib.parse import urlencode
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from pipeline.core import store
 from pipeline.compare import conclusions, convergence, diagnostics, lr_grid, results, significance
 from pipeline.compare.convergence import Convergence
 from pipeline.compare.lr_grid import LrGrid
-from pipeline.core import paths, tracking
+from pipeline.core import paths
 from pipeline.core.params import Params
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -84,7 +85,7 @@ def store_label(uri: str, root: Path | None = None) -> str:
         if uri.startswith(prefix):
             path = Path(uri[len(prefix):]).resolve()
             return path.relative_to(root).as_posix() if path.is_relative_to(root) else f"…/{path.name}"
-    return tracking.redact(uri)
+    return store.redact(uri)
 
 
 def _environment() -> Environment:

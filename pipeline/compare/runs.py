@@ -25,7 +25,7 @@ import pandas as pd
 from pipeline.core import labels
 from pipeline.core import metric_names
 from pipeline.core import paths
-from pipeline.core import tracking
+from pipeline.core import store
 from pipeline.core.errors import UserError
 
 # The MLflow names of what the report reads: final test metrics, training time, the curves.
@@ -70,8 +70,8 @@ def read_records(variants: list[str], seeds: list[int], results: Path = paths.RE
     return records
 
 
-def check_store(uri: str) -> None:
-    tracking.check_server(uri)
+def require_store(uri: str) -> None:
+    store.check_server(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `dvc repro` to train the variants first "
                         "(or set MLFLOW_TRACKING_URI to the store they were logged in)")
@@ -90,8 +90,10 @@ def _find_runs(client, records: dict[RunKey, dict]) -> dict:
 def _check_run(run, run_id: str, key: tuple, uri: str, metrics: tuple[str, ...] = FINAL_METRICS) -> None:
     stage, label = labels.stage_name(*key), labels.run_label(*key)
     if run is None:
-        raise UserError(f"run {run_id} ({label}) is not in the MLflow store {tracking.redact(uri)}; "
-                        f"was it trained against another store? Re-run `dvc repro -f {stage}`")
+        record = (paths.result_dir(*key) / "record.json").relative_to(paths.ROOT)
+        raise UserError(f"run {run_id} ({label}) is not in the MLflow store {store.redact(uri)}, though {record} "
+                        "names it: set MLFLOW_TRACKING_URI to the store the study was logged in (a team's tracking "
+                        f"server: README, 'Working as a team'), or retrain it with `dvc repro -f {stage}`")
     if run.info.status != "FINISHED":
         raise UserError(f"run {run_id} ({label}) is {run.info.status}, not FINISHED; "
                         f"re-run `dvc repro -f {stage}`")
@@ -161,7 +163,7 @@ def fetch_runs(records: dict, uri: str) -> dict:
     (variant, seed, rate) for grid runs); refuse unknown or unfinished runs."""
     import mlflow
 
-    check_store(uri)
+    require_store(uri)
     client = mlflow.MlflowClient(uri)
     found = _find_runs(client, records)
     for key, record in records.items():
@@ -203,7 +205,7 @@ def fetch_grid(records: dict[GridKey, dict], uri: str) -> list[GridRun]:
     """The grid's runs read back from MLflow (metrics and the ``diverged`` tag; no artifacts)."""
     import mlflow
 
-    check_store(uri)
+    require_store(uri)
     client = mlflow.MlflowClient(uri)
     found = _find_runs(client, records) if records else {}
     out = {}

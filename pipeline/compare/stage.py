@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.core import store
 from pipeline.compare import conclusions, convergence, diagnostics, lr_grid, report, results, significance
 from pipeline.compare.runs import RunData, RunKey, check_records_match, fetch_runs, read_records
-from pipeline.core import labels, paths, tracking
+from pipeline.core import labels, paths
 from pipeline.core.cli import run_main
 from pipeline.core.figures import palette
 from pipeline.core.params import Params
@@ -177,7 +178,7 @@ def compare(params_path: Path = paths.PARAMS, results_dir: Path = paths.RESULTS,
     params = Params.load(params_path)
     variants, seeds = list(params.variants), params.seeds
     records = read_records(variants, seeds, results_dir)
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     runs = fetch_runs(records, uri)
     check_records_match(records, runs)
     table = results.variant_table(runs, params.variants, params.compare.reference, params.compare.confidence)

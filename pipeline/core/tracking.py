@@ -6,163 +6,107 @@ store ``mlflow.db`` with artifacts in ``mlruns/`` at the store root
 Credentials come only from MLflow's own variables (``MLFLOW_TRACKING_USERNAME``,
 ``MLFLOW_TRACKING_PASSWORD``, ``MLFLOW_TRACKING_TOKEN``) and are never logged.
 Out: ``prepare_experiment(name)`` returns the experiment id after checking that the
-store answers, creating store and experiment under a file lock, so parallel stages
-never migrate a fresh SQLite store at the same time, and marking the experiment for the UI
+store answers and is sound (a local SQLite store: ``pipeline.core.store_faults``), creating store and
+experiment as a ``shared_write`` (under a file lock for SQLite, so parallel stages never migrate a
+fresh store at the same time; retried through a server when another training created it first),
+and marking the experiment for the UI
 (``experiment_tags``: model development, a description, the study's runs-table view);
-``ui_url(base, experiment_id)`` is the page ``make ui`` opens on; ``mlflow_run(...)`` is the
+``ui_view.ui_url(base, experiment_id)`` is the page ``make ui`` opens on; ``mlflow_run(...)`` is the
 context of one run that ends FINISHED, KILLED or FAILED, never RUNNING (under ``mlflow run``,
-the launcher's run, wherever the user put it);
-``register_model`` makes a logged model a version of the study's registered model.
+the launcher's run, wherever the user put it; tagged with its process, after closing the runs of
+the same name whose process is gone: ``pipeline.core.run_guard``), and ``launcher_run_ended()`` ends the
+launcher's run when the entry point stops before taking it over; ``log_datasets`` and
+``register_model`` write the datasets and a version of the study's registered model as shared writes.
+``python -m pipeline.core.tracking stale [--close]`` lists (and closes) RUNNING runs whose process is gone.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Callable, TypeVar
 
-from pipeline.core import metric_names
-from pipeline.core import paths
+from pipeline.core import paths, store, ui_view
 from pipeline.core.errors import UserError
 
-DB_NAME = "mlflow.db"
-ARTIFACTS_DIR = "mlruns"
-CONNECT_TIMEOUT_S = 5.0  # a server that is down refuses at once, or never connects within this
-# A server that accepted the connection may be busy (many trainings logging at once): it gets as long to
-# answer as MLflow's own client gives every request (MLFLOW_HTTP_REQUEST_TIMEOUT, 120 s by default).
-DEFAULT_READ_TIMEOUT_S = 120.0
+STORE_LOCK_TIMEOUT_S = 300.0  # the SQLite store's file lock, held only while a shared entity is written
+RACE_ATTEMPTS = 5  # a shared write through a server that lost a race to another training is tried again
 
-# The UI (MLflow 3) opens an experiment in its model-training mode with this kind, and offers
-# the runs-table view stored in the tag SHARED_VIEW_PREFIX + key as ?viewStateShareKey=key.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-DESCRIPTION_TAG = "mlflow.note.content"
-SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
-STUDY_VIEW = "study"
-
-
-def study_view() -> dict:
-    """The runs table a user of the study wants first: variant, seed, the final test accuracy and
-    loss, the logged model; best test accuracy on top."""
-    def metric(name: str) -> str:
-        return f"metrics.`{name}`"
-
-    return {
-        "searchFilter": "", "orderByKey": metric(metric_names.TEST_ACCURACY), "orderByAsc": False,
-        "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
-        "selectedColumns": ["tags.`variant`", "tags.`seed`", metric(metric_names.TEST_ACCURACY),
-                            metric(metric_names.TEST_LOSS)],
-    }
-
-
-DESCRIPTION = f"""LeNet-5 on MNIST: batch norm and dropout variants, one run per (variant, seed).
-
-- Runs table: open the **study** view (`make ui` prints its address, `?viewStateShareKey={STUDY_VIEW}`) for
-  variant, seed, final test accuracy and loss, best first. The `comparison` run holds the report.
-- A run's *Model metrics*: `by_epoch` first (x axis "Step" = epoch; the latest point is the final value),
-  then `diagnostics/*` (Step = optimizer step) and `timing`.
-- Models: `lenet5-<variant>-s<seed>`, each with its final metrics and datasets; also versions of the
-  registered model named like this experiment, alias `<variant>-s<seed>`.
-"""
-
-
-def experiment_tags() -> dict[str, str]:
-    import json
-
-    return {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], SHARED_VIEW_PREFIX + STUDY_VIEW: json.dumps(study_view())}
-
-
-def ui_url(base: str, experiment_id: str) -> str:
-    """The study's runs table in the model-training mode of ``mlflow ui`` at ``base``."""
-    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
-            f"?workflowType=machine_learning&viewStateShareKey={STUDY_VIEW}")
-
-
-def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if uri:
-        return uri
-    return f"sqlite:///{paths.store_root() / DB_NAME}"
-
-
-def redact(uri: str) -> str:
-    """The URI with any user:password@ removed, for messages and tags."""
-    return re.sub(r"//[^/@]*@", "//***@", uri)
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):])
-
-
-def default_artifact_location(uri: str) -> str | None:
-    """Artifacts beside a local SQLite store; a server or database decides for itself."""
-    db = _sqlite_path(uri)
-    if db is None:
-        return None
-    return (db.parent / ARTIFACTS_DIR).resolve().as_uri()
-
-
-def read_timeout() -> float:
-    """Seconds a connected server has to answer: MLflow's ``MLFLOW_HTTP_REQUEST_TIMEOUT``, else 120."""
-    try:
-        return float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or DEFAULT_READ_TIMEOUT_S)
-    except ValueError:
-        return DEFAULT_READ_TIMEOUT_S
-
-
-def check_server(uri: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail fast, before any training, when a tracking server is down or refuses us; wait for a busy one."""
-    if urlparse(uri).scheme not in ("http", "https"):
-        return
-    import requests
-
-    base = uri.rstrip("/")
-    auth = None
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user and password:
-        auth = (user, password)
-    headers = {}
-    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        headers["Authorization"] = f"Bearer {token}"
-    probe = f"{base}/api/2.0/mlflow/experiments/get-by-name"
-    read = read_timeout()
-    try:
-        resp = requests.get(probe, params={"experiment_name": "Default"}, auth=auth, headers=headers,
-                            timeout=(connect_timeout, read))
-    except requests.exceptions.ReadTimeout:
-        raise UserError(
-            f"MLflow tracking server {redact(uri)} accepted the connection but did not answer within {read:g} s "
-            "(MLFLOW_HTTP_REQUEST_TIMEOUT); check its log, or unset MLFLOW_TRACKING_URI to use the local SQLite store"
-        ) from None
-    except requests.RequestException as exc:
-        reason = type(exc).__name__
-        raise UserError(
-            f"MLflow tracking server {redact(uri)} is unreachable ({reason} within {connect_timeout:g} s); "
-            "start it, or unset MLFLOW_TRACKING_URI to use the local SQLite store"
-        ) from None
-    if resp.status_code in (401, 403):
-        raise UserError(
-            f"MLflow tracking server {redact(uri)} refused the credentials (HTTP {resp.status_code}); "
-            "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-        )
-    if resp.status_code >= 500:
-        raise UserError(f"MLflow tracking server {redact(uri)} answered HTTP {resp.status_code}; check its log")
-
+T = TypeVar("T")
 
 def _lock_for(uri: str):
     from contextlib import nullcontext
 
     from filelock import FileLock
 
-    db = _sqlite_path(uri)
+    db = store.sqlite_path(uri)
     if db is None:
         return nullcontext()
     db.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(db) + ".lock", timeout=300)
+    return FileLock(str(db) + ".lock", timeout=STORE_LOCK_TIMEOUT_S)
+
+
+def _lost_race(exc: Exception) -> bool:
+    """Whether a write failed because another process created the same entity at that moment."""
+    text = str(exc)
+    return (getattr(exc, "error_code", "") in ("RESOURCE_ALREADY_EXISTS", "INTERNAL_ERROR")
+            or any(s in text for s in ("UNIQUE constraint", "IntegrityError", "duplicate key", "already exists")))
+
+
+def shared_write(write: Callable[[], T], uri: str | None = None) -> T:
+    """``write()``, which creates something other trainings may create at the same moment (the
+    experiment, a dataset, the registered model, its versions and aliases): under the store's file
+    lock for SQLite; elsewhere (a server, a database) tried again when it lost such a race, so the
+    next try finds the other's entity."""
+    from filelock import Timeout
+    from mlflow.exceptions import MlflowException
+
+    uri = uri or store.tracking_uri()
+    if store.sqlite_path(uri) is not None:
+        try:
+            with _lock_for(uri):
+                return write()
+        except Timeout as exc:
+            raise UserError(f"MLflow store {store.redact(uri)}: its lock {exc.lock_file} was held by another process for "
+                            f"over {STORE_LOCK_TIMEOUT_S:g} s; find it with `fuser {exc.lock_file}`") from None
+    for attempt in range(RACE_ATTEMPTS):
+        try:
+            return write()
+        except MlflowException as exc:
+            if attempt == RACE_ATTEMPTS - 1 or not _lost_race(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _experiment(client, name: str, uri: str):
+    """The experiment ``name``, created (with the study's tags) when missing; tags brought up to date."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        client.create_experiment(name, artifact_location=store.default_artifact_location(uri),
+                                 tags={**ui_view.experiment_tags(), ui_view.DESCRIPTION_TAG: ui_view.DESCRIPTION})
+        return client.get_experiment_by_name(name)
+    if exp.lifecycle_stage != "deleted":
+        # An experiment made before these tags, or by an older version of them, gets them now;
+        # a description someone wrote stays.
+        described = ui_view.DESCRIPTION_TAG in exp.tags
+        wanted = {**ui_view.experiment_tags(), **({} if described else {ui_view.DESCRIPTION_TAG: ui_view.DESCRIPTION})}
+        for key, value in wanted.items():
+            if exp.tags.get(key) != value:
+                client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp
+
+
+def check_store(uri: str) -> None:
+    """A server answers (``check_server``); a local SQLite store is sound and writable (``store_faults``)."""
+    from pipeline.core import store_faults
+
+    store.check_server(uri)
+    if (db := store.sqlite_path(uri)) is not None:
+        store_faults.check_sqlite(db)
 
 
 def prepare_experiment(name: str, uri: str | None = None) -> str:
@@ -170,44 +114,45 @@ def prepare_experiment(name: str, uri: str | None = None) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = uri or tracking_uri()
-    check_server(uri)
+    from pipeline.core import store_faults
+
+    uri = uri or store.tracking_uri()
+    check_store(uri)
     mlflow.set_tracking_uri(uri)
-    with _lock_for(uri):
-        client = mlflow.MlflowClient(uri)
-        try:
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                return client.create_experiment(name, artifact_location=default_artifact_location(uri),
-                                                tags={**experiment_tags(), DESCRIPTION_TAG: DESCRIPTION})
-            if exp.lifecycle_stage != "deleted":
-                # An experiment made before these tags, or by an older version of them, gets them now;
-                # a description someone wrote stays.
-                wanted = {**experiment_tags(), **({} if DESCRIPTION_TAG in exp.tags else {DESCRIPTION_TAG: DESCRIPTION})}
-                for key, value in wanted.items():
-                    if exp.tags.get(key) != value:
-                        client.set_experiment_tag(exp.experiment_id, key, value)
-        except MlflowException as exc:
-            raise UserError(f"MLflow store {redact(uri)} failed: {str(exc).splitlines()[0]}") from None
+    try:
+        exp = shared_write(lambda: _experiment(mlflow.MlflowClient(uri), name, uri), uri)
+    except MlflowException as exc:
+        raise UserError(f"MLflow store {store.redact(uri)} failed: {str(exc).splitlines()[0]}") from None
     if exp.lifecycle_stage == "deleted":
         raise UserError(
-            f"experiment '{name}' is deleted in {redact(uri)}; restore it "
+            f"experiment '{name}' is deleted in {store.redact(uri)}; restore it "
             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or rename mlflow.experiment in params.yaml"
         )
+    store_faults.check_artifacts(exp.artifact_location)
     return exp.experiment_id
+
+
+def log_datasets(datasets: dict[str, tuple]) -> None:
+    """The ``(dataset, context)`` pairs as inputs of the active run; a dataset new to the experiment is
+    created once, however many trainings log it at the same moment."""
+    import mlflow
+
+    def write() -> None:
+        for dataset, context in datasets.values():
+            mlflow.log_input(dataset, context=context)
+
+    shared_write(write)
 
 
 def register_model(model_id: str, name: str, alias: str, tags: dict[str, str]) -> None:
     """The logged model as a new version of registered model ``name``, with ``alias`` (which moves
-    to it from an older version) and ``tags``. Under the store's file lock, so parallel trainings
-    into one SQLite store create the registered model once and number their versions in turn."""
+    to it from an older version) and ``tags``. A shared write: parallel trainings create the
+    registered model once and number their versions in turn."""
     import mlflow
 
-    uri = tracking_uri()
-    with _lock_for(uri):
-        client = mlflow.MlflowClient(uri)
-        version = mlflow.register_model(f"models:/{model_id}", name, tags=tags).version
-        client.set_registered_model_alias(name, alias, version)
+    uri = store.tracking_uri()
+    version = shared_write(lambda: mlflow.register_model(f"models:/{model_id}", name, tags=tags).version, uri)
+    shared_write(lambda: mlflow.MlflowClient(uri).set_registered_model_alias(name, alias, version), uri)
 
 
 @contextmanager
@@ -218,13 +163,20 @@ def mlflow_run(experiment_id: str, run_name: str, tags: dict):
     ``Default``) before our code starts; training into it, renamed ``run_name`` and tagged,
     gives one run per command, where the user asked for it. The run ends FINISHED only when
     the body completes; an interrupt ends it KILLED, any other error FAILED, so a report can
-    never pick up a half-run.
+    never pick up a half-run. It carries its process's tags (``run_guard.process_tags``), and
+    the RUNNING runs of the same name whose process is gone (killed by SIGKILL, the OOM killer,
+    a power cut) are closed KILLED first.
     """
     import mlflow
 
+    from pipeline.core import run_guard
+
     launcher_id = os.environ.get("MLFLOW_RUN_ID") or None
+    client = mlflow.MlflowClient()
     if launcher_id:
-        experiment_id = mlflow.MlflowClient().get_run(launcher_id).info.experiment_id
+        experiment_id = client.get_run(launcher_id).info.experiment_id
+    run_guard.close_dead_runs(client, experiment_id, run_name, keep=launcher_id)
+    tags = {**tags, **run_guard.process_tags()}
     run = mlflow.start_run(run_id=launcher_id, experiment_id=experiment_id, run_name=run_name, tags=tags)
     try:
         yield run
@@ -236,6 +188,29 @@ def mlflow_run(experiment_id: str, run_name: str, tags: dict):
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
+
+
+@contextmanager
+def launcher_run_ended():
+    """Under ``mlflow run``: the launcher's run (``MLFLOW_RUN_ID``) ends KILLED when the entry point is
+    interrupted before it took the run over (``mlflow_run``), FAILED on an error; the launcher,
+    stopped by the same SIGTERM, would leave it RUNNING. Elsewhere it does nothing."""
+    import mlflow
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        if isinstance(exc, KeyboardInterrupt):
+            _release_store(exc)
+        client = mlflow.MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status=status)
+        raise
 
 
 def _release_store(exc: BaseException) -> None:
@@ -259,24 +234,37 @@ def _release_store(exc: BaseException) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m pipeline.core.tracking ui-url [BASE]``: prepare the study's experiment in the store
     (``MLFLOW_TRACKING_URI`` or the local one) and print the address of its runs table under
-    ``mlflow ui`` at BASE (default http://127.0.0.1:5000)."""
+    ``mlflow ui`` at BASE (default http://127.0.0.1:5000).
+    ``python -m pipeline.core.tracking stale [--close]``: every RUNNING run of the study's experiment, with
+    whether its process is gone (``--close`` ends those KILLED), alive, or cannot be judged here, and why."""
     import argparse
 
     from pipeline.core.cli import run_main
     from pipeline.core.params import Params
 
     p = argparse.ArgumentParser(prog="python -m pipeline.core.tracking")
-    p.add_argument("command", choices=["ui-url"])
+    p.add_argument("command", choices=["ui-url", "stale"])
     p.add_argument("base", nargs="?", default="http://127.0.0.1:5000")
+    p.add_argument("--close", action="store_true", help="stale: end as KILLED the runs whose process is gone")
     p.add_argument("--params", type=Path, default=paths.PARAMS)
     args = p.parse_args(argv)
 
     def ui() -> None:
         name = Params.load(args.params).mlflow.experiment
-        print(f"The study '{name}' in {redact(tracking_uri())}: open\n  {ui_url(args.base, prepare_experiment(name))}",
+        url = ui_view.ui_url(args.base, prepare_experiment(name))
+        print(f"The study '{name}' in {store.redact(store.tracking_uri())}: open\n  {url}",
               flush=True)
 
-    run_main(ui)
+    def stale() -> None:
+        import mlflow
+
+        from pipeline.core import run_guard
+
+        experiment_id = prepare_experiment(Params.load(args.params).mlflow.experiment)
+        for line in run_guard.stale(mlflow.MlflowClient(store.tracking_uri()), [experiment_id], args.close):
+            print(line, flush=True)
+
+    run_main(ui if args.command == "ui-url" else stale)
 
 
 if __name__ == "__main__":

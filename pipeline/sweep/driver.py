@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pipeline.core import labels
 from pipeline.core import paths
+from pipeline.core import store
 from pipeline.core import tracking
 from pipeline.core.cli import run_main
 from pipeline.core.errors import UserError
@@ -39,7 +40,7 @@ CANCEL_GRACE_S = 15.0
 # MLflow settings and credentials the workers need to reach the same tracking server.
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                  "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
-                 "TF_CPP_MIN_LOG_LEVEL")
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "TF_CPP_MIN_LOG_LEVEL")
 
 
 def server_command(root: Path = paths.ROOT) -> str:
@@ -75,7 +76,7 @@ def check_store_reaches_cluster(uri: str) -> list[str]:
     ips = machines()
     if len(ips) > 1 and not uri.startswith(("http://", "https://")):
         raise UserError(f"the Ray cluster spans {len(ips)} machines ({', '.join(ips)}) but MLflow logs to "
-                        f"{tracking.redact(uri)}, which only this machine sees; start a tracking server "
+                        f"{store.redact(uri)}, which only this machine sees; start a tracking server "
                         f"(`{server_command()}`) and set MLFLOW_TRACKING_URI=http://<this host>:5000 on every node")
     return ips
 
@@ -100,8 +101,8 @@ def sweep(*, address: str | None = None, cpus: float = 1.0, gpus: float = 0.0, r
     import mlflow
 
     params = Params.load(paths.PARAMS)
-    uri = tracking.tracking_uri()
-    tracking.check_server(uri)  # a down server fails here, in seconds, before Ray starts
+    uri = store.tracking_uri()
+    store.check_server(uri)  # a down server fails here, in seconds, before Ray starts
     repro_prerequisites()
     todo = stale_trainings(params)
     total = len(all_trainings(params))
@@ -135,7 +136,7 @@ def sweep(*, address: str | None = None, cpus: float = 1.0, gpus: float = 0.0, r
             job = Job(variant, seed, params, uri, sweep_id, str(paths.PREPARED), digests, data_ref, tags, rate)
             jobs[task.remote(job)] = job
         print(f"sweep {sweep_id[:8]}: {len(todo)} of {total} trainings to run on {len(ips)} machine(s), "
-              f"{cpus:g} CPU(s) each; MLflow: {tracking.redact(uri)}", flush=True)
+              f"{cpus:g} CPU(s) each; MLflow: {store.redact(uri)}", flush=True)
         return _collect(jobs, client, experiment_id, sweep_id, deps)
     finally:
         ray.shutdown()

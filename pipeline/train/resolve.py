@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.core import store
 from pipeline.core import labels, metric_names, paths, tracking
 from pipeline.core.errors import UserError
 from pipeline.core.fields import MAX_SEED
@@ -105,7 +106,7 @@ def resolve(variant: str, seed: int, params: Params, prepared: Path | None,
 
 def run_tags(setup: TrainSetup, dvc_stage: str) -> dict[str, str]:
     tags = {"variant": setup.spec.name, "seed": str(setup.seed), "git_commit": git_commit(),
-            "dvc_stage": dvc_stage, "tracking_store": tracking.redact(tracking.tracking_uri())}
+            "dvc_stage": dvc_stage, "tracking_store": store.redact(store.tracking_uri())}
     if setup.grid_rate is not None:
         tags.update({metric_names.TAG_LR_GRID: "true", metric_names.TAG_LEARNING_RATE: f"{setup.grid_rate:g}"})
     if os.environ.get("DVC_EXP_NAME"):

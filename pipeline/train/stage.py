@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args = parse_args(argv)
-    run_main(lambda: train(args.variant, whole_number("seed", args.seed), overrides=train_overrides(args),
-                           record_dir=args.record, dvc_stage=args.dvc_stage, params_path=args.params,
-                           grid_rate=number("grid-rate", args.grid_rate)))
+
+    def body() -> None:
+        with tracking.launcher_run_ended():  # under `mlflow run`, stopped before training: its run ends too
+            train(args.variant, whole_number("seed", args.seed), overrides=train_overrides(args),
+                  record_dir=args.record, dvc_stage=args.dvc_stage, params_path=args.params,
+                  grid_rate=number("grid-rate", args.grid_rate))
+
+    run_main(body)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core import backend, cli, metric_names
+from pipeline.core import backend, cli, metric_names, tracking
 from pipeline.train.artifacts import write_artifacts
 from pipeline.train.inputs import fit_inputs
 from pipeline.train.resolve import TrainOptions, TrainResult, TrainSetup, flat_params
@@ -50,9 +50,10 @@ def log_setup(setup: TrainSetup, model, data: dict) -> dict[str, Any]:
     datasets = {}
     splits = (("train", "training"), ("val", "validation"), ("test", "testing"))
     for split, context in (s for s in splits if f"y_{s[0]}" in data):
-        datasets[split] = mlflow.data.from_numpy(data[f"x_{split}"], targets=data[f"y_{split}"], name=f"mnist-{split}")
-        mlflow.log_input(datasets[split], context=context)
-    return datasets
+        datasets[split] = (mlflow.data.from_numpy(data[f"x_{split}"], targets=data[f"y_{split}"],
+                                                  name=f"mnist-{split}"), context)
+    tracking.log_datasets(datasets)  # safe when trainings log the same new dataset at once
+    return {split: dataset for split, (dataset, _) in datasets.items()}
 
 
 def convergence_monitor(setup: TrainSetup, data: dict):

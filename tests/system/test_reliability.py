@@ -332,19 +332,19 @@ class _SlowServer(http.server.ThreadingHTTPServer):
 
 def test_a_busy_server_gets_as_long_as_mlflow_gives_it(monkeypatch):
     """Slower than the 5 s connect timeout (eight trainings logging at once did that) is not "down"."""
-    from pipeline.core import tracking
+    from pipeline.core import store
 
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
-    server = _SlowServer(delay=tracking.CONNECT_TIMEOUT_S + 1)
+    server = _SlowServer(delay=store.CONNECT_TIMEOUT_S + 1)
     try:
-        tracking.check_server(server.url)
+        store.check_server(server.url)
     finally:
         server.shutdown()
         server.server_close()
 
 
 def test_a_server_that_never_answers_fails_after_mlflows_request_timeout(monkeypatch):
-    from pipeline.core import tracking
+    from pipeline.core import store
     from pipeline.core.errors import UserError
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -353,7 +353,7 @@ def test_a_server_that_never_answers_fails_after_mlflows_request_timeout(monkeyp
     try:
         with pytest.raises(UserError, match=r"accepted the connection but did not answer within 2 s "
                                             r"\(MLFLOW_HTTP_REQUEST_TIMEOUT\)"):
-            tracking.check_server(server.url)
+            store.check_server(server.url)
     finally:
         server.shutdown()
         server.server_close()

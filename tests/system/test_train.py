@@ -18,6 +18,7 @@ from mlflow.entities import ViewType
 
 from conftest import tiny_params
 from pipeline.core import metric_names
+from pipeline.core import ui_view
 from pipeline.core import tracking
 from pipeline.train.callbacks import METRIC_KEYS
 from pipeline.core.errors import UserError
@@ -297,7 +298,7 @@ def test_the_experiment_opens_as_model_development_with_the_study_view(env):
     assert view["orderByKey"] == f"metrics.`{metric_names.TEST_ACCURACY}`" and view["orderByAsc"] is False
     assert view["selectedColumns"][:4] == ["tags.`variant`", "tags.`seed`", f"metrics.`{metric_names.TEST_ACCURACY}`",
                                            f"metrics.`{metric_names.TEST_LOSS}`"]
-    assert tracking.ui_url("http://127.0.0.1:5000/", exp.experiment_id) == (
+    assert ui_view.ui_url("http://127.0.0.1:5000/", exp.experiment_id) == (
         f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
         "&viewStateShareKey=study")
     # an experiment made before these tags gets them; a description someone wrote stays

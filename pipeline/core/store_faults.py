@@ -1,0 +1,96 @@
+"""Faults of a local tracking store, found before anything is trained: each is one line.
+
+In: the path of a SQLite store (``mlflow.db``) and an experiment's artifact location.
+Out: ``check_sqlite(db)`` and ``check_artifacts(location)`` return nothing, or raise a ``UserError``
+naming the store and what to do: a damaged (e.g. truncated) or foreign file, a read-only file or
+directory, a store another process keeps locked, an artifact folder that cannot be written. A server's
+faults are the server's to report (``pipeline.core.store.check_server``).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pipeline.core.errors import UserError
+
+HEADER = b"SQLite format 3\x00"
+# How long a store locked by another process is waited for (MLflow's own SQLite busy timeout is 20 s).
+LOCK_WAIT_S = 30.0
+
+
+def check_writable_dir(folder: Path, what: str, fix: str) -> None:
+    """``folder`` exists (created if missing) and a file can be created in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{what} {folder} cannot be written ({exc.strerror or exc}); {fix}") from None
+
+
+def damage(db: Path) -> str | None:
+    """Why ``db`` is not a sound SQLite file (None when it is): checked from its header and size, then by SQLite."""
+    with open(db, "rb") as f:
+        header = f.read(100)
+    if not header:
+        return None  # an empty file is an empty database
+    if len(header) < 100 or not header.startswith(HEADER):
+        return "it is not an SQLite database"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if header[24:28] == header[92:96] and db.stat().st_size < page_size * pages:
+        return f"it is truncated: {db.stat().st_size} bytes of {page_size * pages}"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)  # locked: the write check waits
+    try:
+        result = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        return None if "locked" in str(exc) else f"SQLite says: {exc}"
+    finally:
+        conn.close()
+    return None if result == "ok" else f"SQLite says: {result}"
+
+
+def check_sqlite(db: Path) -> None:
+    """A SQLite store MLflow can open and write: sound, writable, not held locked by another process."""
+    where = f"MLflow store {db}"
+    check_writable_dir(db.parent, f"{where}: its directory", "SQLite writes its journal there: make it writable, "
+                       "or point MLFLOW_TRACKING_URI at a writable store")
+    if not db.exists():
+        return
+    try:
+        problem = damage(db)
+    except OSError as exc:
+        problem = f"it cannot be read: {exc.strerror or exc}"
+    if problem:
+        raise UserError(f"{where} is damaged ({problem}); restore it from a backup, or move it away to start an "
+                        "empty store (the DVC records then name runs it lacks: `dvc repro -f` retrains them)")
+    conn = sqlite3.connect(db, timeout=LOCK_WAIT_S, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            raise UserError(f"{where} is locked by another process (waited {LOCK_WAIT_S:g} s); "
+                            f"find it with `fuser {db}` and let it finish or stop it") from None
+        raise UserError(f"{where} cannot be written ({exc}); make it writable, or point MLFLOW_TRACKING_URI "
+                        "at a writable store") from None
+    finally:
+        conn.close()
+
+
+def check_artifacts(location: str | None) -> None:
+    """A local artifact location (``file:`` URI or path) is a folder this process can write."""
+    if not location:
+        return
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return  # a server, or cloud storage: checked by whoever serves it
+    folder = Path(unquote(parsed.path))
+    check_writable_dir(folder, "MLflow artifact location", "make it writable (or move away whatever file is "
+                       "there), or point MLFLOW_TRACKING_URI at a store whose artifacts can be written")

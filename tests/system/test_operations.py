@@ -1,0 +1,450 @@
+"""Operations: what operators meet after the happy path, with the real thing (no mocks).
+
+Trainings that start at the same moment into a fresh store (SQLite and a loopback ``mlflow
+server``), a training killed with SIGKILL and run again, ``python -m pipeline.core.tracking stale``
+judging runs by their process, an early SIGTERM under ``mlflow run``, store faults (a truncated
+or foreign ``mlflow.db``, a read-only store directory, a store locked by another process, an
+artifact location that cannot be written), a tracking server stopped for 20 s mid-training, and
+a study shared between two clones through a tracking server and a DVC remote.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.entities import ViewType
+
+from conftest import VENV_BIN, make_project_copy, subprocess_env, tiny_params
+from pipeline.core import metric_names as M
+from pipeline.core import run_guard
+from reliability_helpers import (Proc, free_port, mlflow_server, one_line_error, prepared_project, run,
+                                 sigint_reaches_children, sqlite_integrity, stop_group, train_cmd, wait_http)
+
+pytestmark = pytest.mark.slow
+sigint_reaches_children()
+
+PYTHON = str(VENV_BIN / "python")
+SMALL = {"train_limit": 300, "test_limit": 200}
+LONG = {"epochs": 50, "train_limit": 600}  # long enough to be killed after its first epoch
+
+
+@pytest.fixture(autouse=True)
+def no_default_store(monkeypatch):
+    """MLflow calls in this process name their store; one that falls back to the default fails at once."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+def all_runs(client: mlflow.MlflowClient) -> list:
+    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    return client.search_runs(exps, run_view_type=ViewType.ALL, max_results=1000)
+
+
+# --------------------------------------------------------------------------- 1. trainings at once
+
+# One "training" reduced to its shared writes, through the pipeline's own functions: the experiment,
+# a dataset new to it, the registered model, a version and an alias, all started at the same instant.
+RACER = r"""
+import sys, time
+import numpy as np
+import mlflow
+from pipeline.core import store
+from pipeline.core import tracking
+
+experiment, name, round_, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+mlflow.set_tracking_uri(store.tracking_uri())
+x = np.full((8, 28, 28, 1), round_, dtype="float32")  # a new dataset digest every round
+dataset = mlflow.data.from_numpy(x, targets=np.arange(8, dtype="uint8"), name="mnist-train")
+time.sleep(max(0.0, start_at - time.time()))
+experiment_id = tracking.prepare_experiment(experiment)
+with tracking.mlflow_run(experiment_id, name, {}) as run:
+    tracking.log_datasets({"train": (dataset, "training")})
+    model = mlflow.initialize_logged_model(name=f"model-{name}")
+    tracking.register_model(model.model_id, f"{experiment}-model", alias=name, tags={})
+print("ok", run.info.run_id, flush=True)
+"""
+
+
+def race(project: Path, env: dict, rounds: int, n: int, tmp: Path) -> list[str]:
+    """``rounds`` times, ``n`` processes doing a training's shared writes at one instant; their failures."""
+    failures = []
+    for r in range(rounds):
+        start_at = time.time() + 12 + n  # every process has imported MLflow and waits by then
+        procs = [Proc([PYTHON, "-c", RACER, f"race-{r}", f"t{i}", str(r), str(start_at)], project, env,
+                      tmp / "logs", f"race-{r}-{i}") for i in range(n)]
+        try:
+            codes = [p.wait(180) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        failures += [f"round {r} t{i}: {p.stderr[-1500:]}" for i, (p, c) in enumerate(zip(procs, codes)) if c != 0]
+    return failures
+
+
+def check_race_store(client: mlflow.MlflowClient, rounds: int, n: int) -> None:
+    for r in range(rounds):
+        exp = client.get_experiment_by_name(f"race-{r}")
+        runs = client.search_runs([exp.experiment_id], max_results=100)
+        assert sorted(run.info.status for run in runs) == ["FINISHED"] * n
+        assert sorted(int(v.version) for v in client.search_model_versions(f"name='race-{r}-model'")) == \
+            list(range(1, n + 1))
+        assert sorted(client.get_registered_model(f"race-{r}-model").aliases) == [f"t{i}" for i in range(n)]
+        for run in runs:
+            assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["mnist-train"]
+
+
+def test_shared_writes_at_the_same_instant_into_a_fresh_sqlite_store(tmp_path):
+    """Six processes create the experiment, log one new dataset and register versions of one new
+    model at the same instant, four rounds; before the shared writes, about one round in two lost a
+    dataset insert (UNIQUE constraint failed: datasets...) and that run ended FAILED."""
+    rounds, n = 3, 6
+    project = make_project_copy(tmp_path / "project", tiny_params())
+    env = subprocess_env(tmp_path)
+    assert race(project, env, rounds, n, tmp_path) == []
+    db = tmp_path / "store" / "mlflow.db"
+    assert sqlite_integrity(db) == "ok"
+    check_race_store(mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]), rounds, n)
+
+
+def test_shared_writes_at_the_same_instant_through_a_server(tmp_path):
+    """The same through a loopback ``mlflow server`` (fresh SQLite backend): a training that loses
+    the race to create the experiment finds the other's."""
+    rounds, n = 3, 6
+    project = make_project_copy(tmp_path / "project", tiny_params())
+    with mlflow_server(tmp_path / "server", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}") as url:
+        env = subprocess_env(tmp_path, MLFLOW_TRACKING_URI=url)
+        assert race(project, env, rounds, n, tmp_path) == []
+        check_race_store(mlflow.MlflowClient(url), rounds, n)
+
+
+def test_trainings_started_together_into_a_fresh_store_all_finish(tmp_path):
+    """Real trainings (fixture data, one epoch), five at once into a fresh SQLite store, twice."""
+    project, env = prepared_project(tmp_path, tiny_params(**SMALL))
+    variants = ["plain", "bn_hidden", "dropout", "bn_all", "bn_dropout"]
+    for r in range(2):
+        env_r = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/store{r}/mlflow.db"}
+        procs = [Proc(train_cmd(v), project, env_r, tmp_path / "logs", f"{v}-{r}") for v in variants]
+        try:
+            codes = [p.wait(600) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        for v, p, code in zip(variants, procs, codes):
+            assert code == 0, f"round {r} {v}:\n{p.stderr[-3000:]}"
+        runs = all_runs(mlflow.MlflowClient(env_r["MLFLOW_TRACKING_URI"]))
+        assert sorted((run.info.run_name, run.info.status) for run in runs) == \
+            sorted((f"{v}-s0", "FINISHED") for v in variants)
+        assert all(len(run.inputs.dataset_inputs) == 2 for run in runs)
+
+
+# --------------------------------------------------------------------------- 2. no run left RUNNING
+
+
+def dead_process_tags() -> dict[str, str]:
+    """The process tags of a real process that has exited."""
+    proc = subprocess.Popen(["sleep", "0.5"])
+    tags = run_guard.process_tags(proc.pid)
+    proc.wait()
+    return tags
+
+
+def test_stale_lists_and_closes_only_runs_whose_process_is_gone(tmp_path):
+    project = make_project_copy(tmp_path / "project", tiny_params())
+    env = subprocess_env(tmp_path)
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment_id = client.create_experiment("test-study")
+    tags = {"dead": dead_process_tags(), "alive": run_guard.process_tags(),  # this test's own process
+            "elsewhere": {**dead_process_tags(), run_guard.TAG_HOST: "some-other-host"}, "untagged": {}}
+    ids = {name: client.create_run(experiment_id, run_name=name, tags=t).info.run_id for name, t in tags.items()}
+
+    listed = run([PYTHON, "-m", "pipeline.core.tracking", "stale"], project, env, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    lines = {line.split(" (")[0].split()[-1]: line for line in listed.stdout.splitlines()}
+    assert lines[ids["dead"]].startswith("stale ") and "is gone" in lines[ids["dead"]]
+    assert lines[ids["alive"]].startswith("running ") and "is alive" in lines[ids["alive"]]
+    assert "cannot judge, its process ran on some-other-host; run this command there" in lines[ids["elsewhere"]]
+    assert "cannot judge, it has no process tags" in lines[ids["untagged"]]
+    assert all(client.get_run(i).info.status == "RUNNING" for i in ids.values())
+
+    closed = run([PYTHON, "-m", "pipeline.core.tracking", "stale", "--close"], project, env, timeout=120)
+    assert closed.returncode == 0, closed.stderr[-3000:]
+    assert f"closed {ids['dead']} (dead) as KILLED" in closed.stdout
+    statuses = {name: client.get_run(i).info.status for name, i in ids.items()}
+    assert statuses == {"dead": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING", "untagged": "RUNNING"}
+    assert "is gone" in client.get_run(ids["dead"]).data.tags[run_guard.TAG_CLOSED_BY]
+
+
+def test_a_training_killed_with_sigkill_is_closed_by_the_next_one(tmp_path):
+    """``kill -9`` (the OOM killer, a power cut) leaves the run RUNNING; the next training of the
+    same name closes it KILLED before it starts, and finishes its own: one FINISHED run, none RUNNING."""
+    project, env = prepared_project(tmp_path, tiny_params(**LONG))
+    proc = Proc(train_cmd("plain", "--record", "results/plain-s0"), project, env, tmp_path / "logs", "killed")
+    try:
+        proc.wait_for("epoch 1/", 300)
+        proc.signal_group(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        proc.kill()
+    killed = proc.wait_for("training plain-s0", 1).rsplit("run ", 1)[1].strip()
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert client.get_run(killed).info.status == "RUNNING"  # what SIGKILL leaves behind
+    tags = client.get_run(killed).data.tags
+    assert tags[run_guard.TAG_PID] == str(proc.popen.pid) and tags[run_guard.TAG_HOST]
+
+    again = run(train_cmd("plain", "--record", "results/plain-s0", "--epochs", "1"), project, env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"closed run {killed} (plain-s0) as KILLED: process {proc.popen.pid} on" in again.stdout
+    runs = all_runs(client)
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+    assert {r.info.run_name for r in runs} == {"plain-s0"}
+    record = yaml.safe_load((project / "results" / "plain-s0" / "record.json").read_text())
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"
+    assert "is gone" in client.get_run(killed).data.tags[run_guard.TAG_CLOSED_BY]
+
+
+def entry_point_of(launcher: Proc, timeout: float):
+    """The ``python -m pipeline.train`` process ``mlflow run`` started, once it is importing TensorFlow
+    (its signal handlers are installed by then, and the training has not taken over the run yet)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in psutil.Process(launcher.popen.pid).children(recursive=True):
+            try:
+                if "pipeline.train" in " ".join(child.cmdline()) and "tensorflow" in \
+                        Path(f"/proc/{child.pid}/maps").read_text():
+                    return child
+            except (psutil.Error, OSError):
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"no training process importing TensorFlow within {timeout} s\n{launcher.stderr[-3000:]}")
+
+
+def test_early_sigterm_under_mlflow_run_ends_the_launchers_run_killed(tmp_path):
+    """SIGTERM to ``mlflow run``'s process group after the launcher created its run, before the
+    training took it over: the launcher dies at once, the entry point ends the run KILLED."""
+    project, env = prepared_project(tmp_path, tiny_params(**SMALL))
+    cmd = [str(VENV_BIN / "mlflow"), "run", ".", "-P", "variant=plain", "--env-manager", "local",
+           "--experiment-name", "test-study"]
+    launcher = Proc(cmd, project, env, tmp_path / "logs", "mlflow-run")
+    try:
+        entry = entry_point_of(launcher, 180)
+        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        runs = all_runs(client)
+        assert [r.info.status for r in runs] == ["RUNNING"]
+        launcher.signal_group(signal.SIGTERM)
+        entry.wait(60)  # not our child: its exit status is the launcher's to read, and the launcher is gone
+        launcher.wait(30)
+    finally:
+        launcher.kill()
+    assert "interrupted" in launcher.stderr, launcher.stderr[-3000:]
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
+
+
+# --------------------------------------------------------------------------- 3. store faults
+
+
+def test_a_truncated_store_is_one_line_before_training(tmp_path):
+    project, env = prepared_project(tmp_path, tiny_params(**SMALL))
+    first = run(train_cmd("plain"), project, env, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    db = tmp_path / "store" / "mlflow.db"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])  # a disk that filled up, a copy cut short
+    proc = run(train_cmd("plain", "--record", "results/plain-s0"), project, env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = one_line_error(proc.stderr)
+    assert error.startswith(f"error: MLflow store {db} is damaged (it is truncated: ") and "backup" in error, error
+    assert "epoch" not in proc.stdout and not (project / "results" / "plain-s0").exists()
+
+    db.write_bytes(b"<html>not a database</html>\n" * 10)
+    proc = run(train_cmd("plain"), project, env, timeout=300)
+    assert proc.returncode == 2 and "is damaged (it is not an SQLite database)" in one_line_error(proc.stderr)
+
+
+def can_mount_read_only() -> bool:
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+@pytest.mark.parametrize("store_exists", [True, False])
+def test_a_read_only_store_directory_is_one_line_before_training(tmp_path, store_exists):
+    """The store's directory mounted read-only (a read-only volume; root ignores file modes, so the
+    test mounts it read-only in a mount namespace of its own, ``unshare -rm``)."""
+    if not can_mount_read_only():
+        pytest.skip("`unshare -rm` is not permitted here: cannot mount a read-only directory")
+    project, env = prepared_project(tmp_path, tiny_params(**SMALL))
+    store = tmp_path / "store"
+    if store_exists:
+        first = run(train_cmd("plain"), project, env, timeout=600)
+        assert first.returncode == 0, first.stderr[-3000:]
+        before = sorted(r.info.run_id for r in all_runs(mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])))
+    script = f'mount --bind -o ro "{store}" "{store}" && exec "$@"'
+    proc = run(["unshare", "-rm", "sh", "-c", script, "sh", *train_cmd("plain", "--record", "results/plain-s0")],
+               project, env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = one_line_error(proc.stderr)
+    assert error.startswith(f"error: MLflow store {store / 'mlflow.db'}: its directory {store} cannot be written "
+                            "(Read-only file system)"), error
+    assert "epoch" not in proc.stdout and not (project / "results" / "plain-s0").exists()
+    if store_exists:
+        after = sorted(r.info.run_id for r in all_runs(mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])))
+        assert after == before
+
+
+def test_an_artifact_location_that_cannot_be_written_is_one_line_before_training(tmp_path):
+    project, env = prepared_project(tmp_path, tiny_params(**SMALL))
+    (tmp_path / "store" / "mlruns").write_text("a file where the artifact folder belongs\n")
+    proc = run(train_cmd("plain"), project, env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = one_line_error(proc.stderr)
+    assert error.startswith(f"error: MLflow artifact location {tmp_path / 'store' / 'mlruns'} cannot be written"), error
+    assert "epoch" not in proc.stdout
+    assert all_runs(mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])) == []
+
+
+LOCKER = r"""
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_store_locked_by_another_process_is_one_line(tmp_path):
+    from pipeline.core.store_faults import LOCK_WAIT_S
+
+    project, env = prepared_project(tmp_path, tiny_params(**SMALL))
+    db = tmp_path / "store" / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()  # the store exists
+    locker = Proc([PYTHON, "-c", LOCKER, str(db), str(LOCK_WAIT_S + 120)], project, env, tmp_path / "logs", "locker")
+    try:
+        locker.wait_for("locked", 30)
+        proc = run(train_cmd("plain"), project, env, timeout=300)
+    finally:
+        locker.kill()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = one_line_error(proc.stderr)
+    assert error.startswith(f"error: MLflow store {db} is locked by another process (waited {LOCK_WAIT_S:g} s)")
+    assert f"fuser {db}" in error and "epoch" not in proc.stdout
+
+
+# --------------------------------------------------------------------------- 4. a server restarted
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:``port`` over ``folder``'s SQLite store and artifacts (a restart
+    finds everything where the first one left it)."""
+    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+           "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    log = folder / f"server-{time.time():.0f}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health", proc, log, 120)
+    return proc
+
+
+def test_a_training_outlives_its_tracking_server_stopped_for_20_s(tmp_path):
+    """The server stopped after the first epoch and started again 20 s later on the same port: MLflow's
+    client retries (7 times, 0+4+8+16+... s: about 4 minutes in all by default) carry the training
+    through, and it ends FINISHED with every epoch's and every held-out check's metrics."""
+    epochs = 8
+    folder = tmp_path / "server"
+    folder.mkdir()
+    port = free_port()
+    server = start_server(folder, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        project, env = prepared_project(tmp_path, tiny_params(epochs=epochs, train_limit=600), MLFLOW_TRACKING_URI=url)
+        env.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        env.pop("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", None)
+        proc = Proc(train_cmd("plain", "--record", "results/plain-s0"), project, env, tmp_path / "logs", "train")
+        try:
+            proc.wait_for("epoch 1/", 300)
+            stop_group(server)
+            time.sleep(20)
+            server = start_server(folder, port)
+            assert proc.wait(600) == 0, proc.stderr[-3000:]
+        finally:
+            proc.kill()
+        record = yaml.safe_load((project / "results" / "plain-s0" / "record.json").read_text())
+        client = mlflow.MlflowClient(url)
+        assert client.get_run(record["run_id"]).info.status == "FINISHED"
+        for key in M.EPOCH.values():
+            assert sorted(m.step for m in client.get_metric_history(record["run_id"], key)) == \
+                list(range(1, epochs + 1)), key
+        checks = client.get_metric_history(record["run_id"], M.CONVERGENCE_ACCURACY)
+        steps_per_epoch = -(-600 // tiny_params()["train"]["batch_size"])
+        assert len({m.step for m in checks}) == len(checks) and max(m.step for m in checks) == epochs * steps_per_epoch
+        assert "predictions.csv" in {a.path for a in client.list_artifacts(record["run_id"])}
+    finally:
+        stop_group(server)
+
+
+# --------------------------------------------------------------------------- 5. a study shared
+
+
+def git(project: Path, env: dict, *args: str) -> None:
+    proc = run(["git", *args], project, env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_study_shared_through_a_tracking_server_and_a_dvc_remote(tmp_path):
+    """Clone A trains a tiny study against a tracking server, pushes its DVC outputs to a remote and
+    commits; clone B (a git clone of A) pulls, finds the pipeline up to date, and regenerates the
+    same report from the server without training. Without the server, B's compare says which record
+    names a run its store lacks, and what to do."""
+    params = tiny_params(**SMALL)
+    params["variants"] = {v: params["variants"][v] for v in ("plain", "bn_hidden")}
+    remote = tmp_path / "dvc-remote"
+    with mlflow_server(tmp_path / "server", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}") as url:
+        env = subprocess_env(tmp_path, DVC_NO_ANALYTICS="1", MLFLOW_TRACKING_URI=url)
+        a = make_project_copy(tmp_path / "a", params)
+        for cmd in (["dvc", "remote", "add", "-d", "team", str(remote)], ["dvc", "repro"], ["dvc", "push"]):
+            proc = run(cmd, a, env, timeout=900)
+            assert proc.returncode == 0, f"A: {cmd}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        git(a, env, "add", "-A")
+        git(a, env, "commit", "-qm", "the study")
+
+        b = tmp_path / "b"
+        git(tmp_path, env, "clone", "-q", str(a), str(b))
+        pulled = run(["dvc", "pull"], b, env, timeout=300)
+        assert pulled.returncode == 0, pulled.stdout[-3000:] + pulled.stderr[-3000:]
+        status = run(["dvc", "status"], b, env, timeout=120)
+        assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+        repro = run(["dvc", "repro"], b, env, timeout=300)
+        assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
+        report_a = (a / "reports" / "comparison.md").read_text()
+        (b / "reports" / "comparison.md").unlink()
+        again = run(["dvc", "repro", "-f", "-s", "compare"], b, env, timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "Running stage 'compare'" in again.stdout and "Running stage 'train@" not in again.stdout
+        assert (b / "reports" / "comparison.md").read_text() == report_a
+        trainings = [r for r in all_runs(mlflow.MlflowClient(url)) if r.data.tags.get("pipeline.kind") != "comparison"]
+        assert len(trainings) == 2  # B trained nothing
+
+    record = yaml.safe_load((b / "results" / "plain-s0" / "record.json").read_text())
+    local = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"}
+    mlflow.MlflowClient(local["MLFLOW_TRACKING_URI"]).search_experiments()  # a store, but not the study's
+    proc = run([PYTHON, "-m", "pipeline.compare.stage"], b, local, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = one_line_error(proc.stderr)
+    assert f"run {record['run_id']} (" in error and "results/" in error and "record.json" in error, error
+    assert "MLFLOW_TRACKING_URI" in error and "dvc repro -f train@" in error, error
