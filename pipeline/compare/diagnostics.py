@@ -22,6 +22,7 @@ from pipeline.compare.tables import markdown_table, or_dash
 from pipeline.core.figures import palette
 from pipeline.core.params import VariantSpec
 from pipeline.measures.coadaptation import coadaptation_difference
+from pipeline.measures.covariate_shift import drift_summary, history_records, settled_step
 
 TANH_POINTS = ["conv1_tanh", "conv2_tanh", "conv3_tanh", "fc1_tanh"]
 DRIFT_KEYS = ("Δmean/std", "Δlog-std")
@@ -77,6 +78,8 @@ class DiagnosticsSection:
     figures: list[str] = field(default_factory=list)
     metrics: dict = field(default_factory=lambda: {"diagnostics": {}})
     colours: dict[str, str] = field(default_factory=dict)  # pipeline.core.figures.palette of the study's variants
+    settled_step: int = 0                        # drift is measured from this optimizer step on
+    figure_seeds: dict[str, int] = field(default_factory=dict)  # the seed each variant's covariate-shift panel shows
 
 
 def mean_of_measured(values) -> float:
@@ -113,28 +116,30 @@ def dropout_counterparts(specs: dict[str, VariantSpec]) -> list[tuple[str, str]]
 # --- internal covariate shift ------------------------------------------------------------
 
 
-def _drift_table(drift_runs: dict[str, list]) -> pd.DataFrame:
+def _drift_table(drift_runs: dict[str, list], from_step: int) -> pd.DataFrame:
+    """Per variant and tanh input: the drift of the records from ``from_step`` on (mean over seeds)."""
     rows = {}
     for variant, runs in drift_runs.items():
-        rows[variant] = {
-            point: tuple(mean_of_measured([run.diagnostics["summary"]["drift"].get(point, {}).get(key) for run in runs])
-                         for key in ("mean_abs_delta_mean_std", "mean_abs_delta_log_std"))
-            for point in TANH_POINTS}
+        drifts = [drift_summary(history_records(run.diagnostics["history"], from_step)) for run in runs]
+        rows[variant] = {point: tuple(mean_of_measured([d.get(point, {}).get(key) for d in drifts])
+                                      for key in ("mean_abs_delta_mean_std", "mean_abs_delta_log_std"))
+                         for point in TANH_POINTS}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def _covariate_shift(section: DiagnosticsSection, by_variant: dict[str, list], fig_dir) -> None:
-    drift_runs = {v: [r for r in runs if "drift" in r.diagnostics["summary"]] for v, runs in by_variant.items()}
+    drift_runs = {v: [r for r in runs if r.diagnostics.get("history") is not None] for v, runs in by_variant.items()}
     drift_runs = {v: runs for v, runs in drift_runs.items() if runs}
     if not drift_runs:
         return
     section.every_n_batches = next(iter(drift_runs.values()))[0].diagnostics["summary"].get("every_n_batches", "?")
-    histories = {v: runs[0].diagnostics["history"] for v, runs in by_variant.items()
-                 if runs[0].diagnostics.get("history") is not None}
-    if histories:
-        figures.covariate_shift_grid(histories, TANH_POINTS, fig_dir / "covariate_shift.png", section.colours)
-        section.figures.append("covariate_shift.png")
-    section.drift = _drift_table(drift_runs)
+    section.settled_step = settled_step()
+    histories = {v: runs[0].diagnostics["history"] for v, runs in drift_runs.items()}
+    section.figure_seeds = {v: runs[0].seed for v, runs in drift_runs.items()}
+    figures.covariate_shift_grid(histories, TANH_POINTS, fig_dir / "covariate_shift.png", section.colours,
+                                 section.settled_step)
+    section.figures.append("covariate_shift.png")
+    section.drift = _drift_table(drift_runs, section.settled_step)
 
 
 # --- co-adaptation ---------------------------------------------------------------------------

@@ -54,7 +54,8 @@ def accuracy_bars(table, path: Path, colours: dict[str, str], interval: str) -> 
     save(fig, path)
 
 
-def covariate_shift_grid(histories: dict, points: list[str], path: Path, colours: dict[str, str]) -> None:
+def covariate_shift_grid(histories: dict, points: list[str], path: Path, colours: dict[str, str],
+                         settled_step: int) -> None:
     """p15/p50/p85 of each tanh input over training; rows = points, columns = variants.
 
     ``histories`` maps variant -> DataFrame with a ``step`` column and ``<point>.p15`` … columns.
@@ -69,6 +70,7 @@ def covariate_shift_grid(histories: dict, points: list[str], path: Path, colours
             if f"{point}.p50" in df:
                 ax.fill_between(df["step"], df[f"{point}.p15"], df[f"{point}.p85"], alpha=0.3, color=colours[variant])
                 ax.plot(df["step"], df[f"{point}.p50"], lw=1.2, color=colours[variant])
+            ax.axvspan(0, settled_step, color="grey", alpha=0.12, lw=0)
             ax.tick_params(labelsize=6)
             if row == 0:
                 ax.set_title(variant, fontsize=9)
@@ -76,8 +78,8 @@ def covariate_shift_grid(histories: dict, points: list[str], path: Path, colours
                 ax.set_ylabel(f"{point} input", fontsize=8)
             if row == len(points) - 1:
                 ax.set_xlabel("optimizer step", fontsize=8)
-    fig.suptitle("Input to each tanh on the probe batch: median, band = 15th–85th percentile",
-                 fontsize=9)
+    fig.suptitle("Input to each tanh on the probe batch (first seed, inference mode): median, band = 15th–85th "
+                 f"percentile; grey: batch norm's moving averages still warming up (steps < {settled_step})", fontsize=9)
     fig.tight_layout()
     save(fig, path)
 

@@ -8,7 +8,7 @@ before its last ``/``, orders the sections alphabetically (names without a ``/``
 - ``by_epoch/{test,train}_{accuracy,loss}``: one point per epoch (step = epoch, 1-based); the
   latest point, which is what the runs table shows, is the final one (test accuracy first);
   a learning-rate grid training adds ``by_epoch/validation_{accuracy,loss}``;
-- ``convergence/test_accuracy``: accuracy on the first ``convergence.images`` test images, step =
+- ``convergence/test_accuracy``: accuracy on ``convergence.images`` randomly drawn test images, step =
   optimizer step (every ``convergence.every_steps``, from 0 to the end of training);
 - ``diagnostics/coadaptation/fc1``, ``diagnostics/covariate_shift/<point>/<stat>`` (step =
   optimizer step; the latest point is the end of training) and

@@ -134,7 +134,7 @@ class ConvergenceSettings(Section):
 
     enabled: Bool = True
     every_steps: PositiveInt = 100
-    images: PositiveInt = 2000      # the first N test images (the probe batch is the last ones)
+    images: PositiveInt = 2000      # N test images drawn at random once (pipeline.train.convergence.held_out)
     targets: list[Probability] = [0.95, 0.97, 0.98]
 
 

@@ -79,6 +79,23 @@ def probe_stats(acts: dict[str, np.ndarray]) -> dict[str, float]:
     return record
 
 
+# Keras' BatchNormalization default: each step keeps 0.99 of the moving statistics. They start at mean 0 and
+# variance 1, so a probe in inference mode first sees the warm-up of those averages, not the layer's inputs.
+BN_MOMENTUM = 0.99
+
+
+def settled_step(momentum: float = BN_MOMENTUM, remaining: float = 0.01) -> int:
+    """The first optimizer step at which the moving averages keep less than ``remaining`` of their initial
+    values (459 steps at momentum 0.99): measurements in inference mode from there on see the layers' inputs."""
+    return int(np.ceil(np.log(remaining) / np.log(momentum)))
+
+
+def history_records(frame, from_step: int = 0) -> list[tuple[int, dict[str, float]]]:
+    """A monitor's ``history.csv`` (``step`` and ``<point>.<stat>`` columns) as records, from ``from_step`` on."""
+    rows = frame[frame["step"] >= from_step]
+    return [(int(row["step"]), {k: float(v) for k, v in row.items() if k != "step"}) for _, row in rows.iterrows()]
+
+
 def _series(history, point: str, stat: str) -> np.ndarray:
     return np.array([rec[f"{point}.{stat}"] for _, rec in history], dtype=np.float64)
 

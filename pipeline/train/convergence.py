@@ -1,7 +1,9 @@
 """Convergence speed during training (Ioffe & Szegedy 2015, Fig. 1a): held-out accuracy every K steps.
 
 In: the ``convergence`` settings, the model being fitted and the held-out images with their
-labels (the training stage passes the first ``convergence.images`` test images).
+labels (the training stage passes ``convergence.images`` test images drawn by ``held_out``: a seeded
+random subset, the same for every run, in test-set order; the first N would be a harder-than-average
+slice of MNIST's test set).
 Out: ``ConvergenceMonitor``, a ``fit`` callback that measures the model's accuracy on those
 images in inference mode (dropout off, batch norm on its moving statistics) before the first
 update (step 0), every ``every_steps`` optimizer updates and at ``finish()``; each point goes to
@@ -18,6 +20,16 @@ from typing import Callable
 import numpy as np
 
 from pipeline.measures.checkpoints import StepCheckpoints
+
+
+SUBSET_SEED = 0  # the held-out subset's own random stream: it never touches training's
+
+
+def held_out(n_test: int, n: int) -> np.ndarray:
+    """Indices of ``n`` of the ``n_test`` test images, drawn once by ``SUBSET_SEED`` and sorted; all when n >= n_test."""
+    if n >= n_test:
+        return np.arange(n_test)
+    return np.sort(np.random.default_rng(SUBSET_SEED).choice(n_test, size=n, replace=False))
 
 
 class ConvergenceMonitor(StepCheckpoints):

@@ -78,10 +78,11 @@ class RunDiagnostics:
     def _finish_covariate_shift(self, out: Path, title: str, summary: dict) -> None:
         import pandas as pd
 
-        from pipeline.measures.covariate_shift import drift_summary, plot_percentiles
+        from pipeline.measures.covariate_shift import drift_summary, plot_percentiles, settled_step
 
         history = self.monitor.history
-        summary["drift"] = drift_summary(history)
+        # after batch norm's moving averages settled, as the report measures it (pipeline.compare.diagnostics)
+        summary["drift"] = drift_summary([(step, r) for step, r in history if step >= settled_step()])
         pd.DataFrame([{"step": s, **r} for s, r in history]).to_csv(out / "history.csv", index=False)
         plot_percentiles(history, out / "covariate_shift.png", title)
 

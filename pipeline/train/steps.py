@@ -60,13 +60,13 @@ def convergence_monitor(setup: TrainSetup, data: dict):
     """The held-out accuracy every ``convergence.every_steps`` steps, logged as it is measured; None when off."""
     import mlflow
 
-    from pipeline.train.convergence import ConvergenceMonitor
+    from pipeline.train.convergence import ConvergenceMonitor, held_out
 
     settings = setup.params.convergence
     if not settings.enabled:
         return None
-    n = min(settings.images, len(data["y_test"]))
-    return ConvergenceMonitor(data["x_test"][:n], data["y_test"][:n], settings.every_steps,
+    idx = held_out(len(data["y_test"]), settings.images)
+    return ConvergenceMonitor(data["x_test"][idx], data["y_test"][idx], settings.every_steps,
                               lambda step, accuracy: mlflow.log_metric(metric_names.CONVERGENCE_ACCURACY, accuracy,
                                                                        step=step))
 

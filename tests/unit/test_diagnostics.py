@@ -321,3 +321,29 @@ def test_variance_shift_claim_compares_each_counterpart_layer_by_layer(tmp_path)
             "layers (input_bn: 1.400 vs 1.100, conv1_bn: 2.500 vs 1.100, fc1_bn: 1.000 vs 1.050). That the shift "
             "is present does not by itself show it causes the lower accuracy.") in md
     assert section.figures == ["variance_shift.png"] and (tmp_path / "variance_shift.png").exists()
+
+
+def test_drift_is_measured_after_batch_norms_moving_averages_settle(tmp_path):
+    """The warm-up of the moving statistics (inference-mode probes see mean 0 / variance 1 at first) is left out:
+    a history that jumps before the settled step and is flat after it has zero drift; its figure greys the warm-up."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from pipeline.compare import diagnostics as diagnostics_report
+
+    settled = cs.settled_step()
+    assert 0.99 ** settled < 0.01 <= 0.99 ** (settled - 1) and settled == 459
+    steps = list(range(0, 1000, 100))
+    mean = [5.0 * (s < settled) + 1.0 for s in steps]      # moves only while the averages warm up
+    frame = pd.DataFrame({"step": steps, **{f"{p}.{stat}": mean if stat == "mean" else [0.0] * len(steps)
+                                            for p in diagnostics_report.TANH_POINTS for stat in cs.PROBE_STATS}})
+    records = cs.history_records(frame, settled)
+    assert [s for s, _ in records] == [500, 600, 700, 800, 900] and records[0][1]["conv1_tanh.mean"] == 1.0
+    spec = {"bn_hidden": VariantSpec(name="bn_hidden", bn_hidden=True)}
+    runs = {("bn_hidden", 0): SimpleNamespace(seed=0, diagnostics={"summary": {"every_n_batches": 100}, "history": frame})}
+    section = diagnostics_report.section(runs, spec, tmp_path)
+    assert section.settled_step == settled and section.figures == ["covariate_shift.png"]
+    assert section.drift.loc["bn_hidden", "conv1_tanh"] == (0.0, 0.0)
+    everything = cs.drift_summary(cs.history_records(frame))["conv1_tanh"]["mean_abs_delta_mean_std"]
+    assert everything > 0  # the same history measured from step 0 would call it drift

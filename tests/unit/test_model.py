@@ -215,3 +215,12 @@ def test_new_variant_from_params_only():
     assert names == _sequence(["bn"], [])
     assert [bn_site(layer.name) for layer in bn_layers(model)] == ["input"]
     assert parameter_counts(model) == {"total": 545_528, "trainable": 545_526, "non_trainable": 2}
+
+
+def test_the_held_out_subset_is_seeded_sorted_and_whole_when_asked_for_all():
+    from pipeline.train.convergence import held_out
+
+    first, again = held_out(10_000, 2000), held_out(10_000, 2000)
+    assert list(first) == list(again) == sorted(set(first)) and len(first) == 2000
+    assert first.max() > 2000  # drawn from the whole test set, not its first images
+    assert list(held_out(300, 500)) == list(range(300))
