@@ -447,3 +447,40 @@ def test_a_study_shared_through_a_tracking_server_and_a_dvc_remote(tmp_path):
     error = one_line_error(proc.stderr)
     assert f"run {record['run_id']} (" in error and "results/" in error and "record.json" in error, error
     assert "MLFLOW_TRACKING_URI" in error and "dvc repro -f train@" in error, error
+
+
+def test_a_server_lost_for_longer_than_the_retries_is_one_line_and_the_rerun_closes_the_run(tmp_path):
+    """With the retries cut to one (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=1``), a server stopped mid-training
+    outlasts them: the training stops with one line (exit 2), no record; its run stays RUNNING on the
+    server, which could not be told, and the same training run again once the server is back closes it
+    KILLED and finishes: one FINISHED run, none RUNNING."""
+    folder = tmp_path / "server"
+    folder.mkdir()
+    port = free_port()
+    server = start_server(folder, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        project, env = prepared_project(tmp_path, tiny_params(**LONG), MLFLOW_TRACKING_URI=url)
+        short = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+        proc = Proc(train_cmd("plain", "--record", "results/plain-s0"), project, short, tmp_path / "logs", "lost")
+        try:
+            proc.wait_for("epoch 1/", 300)
+            stop_group(server)
+            code = proc.wait(300)
+        finally:
+            proc.kill()
+        assert code == 2, proc.stderr[-3000:]
+        error = one_line_error(proc.stderr)
+        assert error.startswith(f"error: lost the MLflow tracking server {url} for longer than MLflow's retries"), error
+        assert not (project / "results" / "plain-s0").exists()
+        lost = proc.wait_for("training plain-s0", 1).rsplit("run ", 1)[1].strip()
+
+        server = start_server(folder, port)
+        client = mlflow.MlflowClient(url)
+        assert client.get_run(lost).info.status == "RUNNING"
+        again = run(train_cmd("plain", "--record", "results/plain-s0", "--epochs", "1"), project, env, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"closed run {lost} (plain-s0) as KILLED" in again.stdout
+        assert sorted(r.info.status for r in all_runs(client)) == ["FINISHED", "KILLED"]
+    finally:
+        stop_group(server)
