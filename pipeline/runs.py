@@ -68,10 +68,10 @@ def read_records(variants: list[str], seeds: list[int], results: Path = paths.RE
 
 
 def check_store(uri: str) -> None:
-    tracking.check_server(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `dvc repro` to train the variants first "
                         "(or set MLFLOW_TRACKING_URI to the store they were logged in)")
+    tracking.check_store(uri)  # a server answers; a SQLite store is sound and writable
 
 
 def _find_runs(client, records: dict[RunKey, dict]) -> dict:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -103,8 +101,8 @@ def check_race_store(client: mlflow.MlflowClient, rounds: int, n: int) -> None:
         assert sorted(int(v.version) for v in client.search_model_versions(f"name='race-{r}-model'")) == \
             list(range(1, n + 1))
         assert sorted(client.get_registered_model(f"race-{r}-model").aliases) == [f"t{i}" for i in range(n)]
-        for run in runs:
-            assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["mnist-train"]
+        for one in runs:
+            assert [d.dataset.name for d in one.inputs.dataset_inputs] == ["mnist-train"]
 
 
 def test_shared_writes_at_the_same_instant_into_a_fresh_sqlite_store(tmp_path):
@@ -273,6 +271,19 @@ def test_a_truncated_store_is_one_line_before_training(tmp_path):
     db.write_bytes(b"<html>not a database</html>\n" * 10)
     proc = run(train_cmd("plain"), project, env, timeout=300)
     assert proc.returncode == 2 and "is damaged (it is not an SQLite database)" in one_line_error(proc.stderr)
+
+
+def test_compare_refuses_a_damaged_store_in_one_error(tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.runs import fetch_runs
+
+    db = tmp_path / "mlflow.db"
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    run_id = client.create_run(client.create_experiment("test-study")).info.run_id
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    records = {("plain", 0): {"run_id": run_id, "experiment_id": "1"}}
+    with pytest.raises(UserError, match=rf"^MLflow store {db} is damaged \(it is truncated: "):
+        fetch_runs(records, f"sqlite:///{db}")
 
 
 def can_mount_read_only() -> bool:
