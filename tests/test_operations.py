@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -271,6 +272,15 @@ def test_a_truncated_store_is_one_line_before_training(tmp_path):
     db.write_bytes(b"<html>not a database</html>\n" * 10)
     proc = run(train_cmd("plain"), project, env, timeout=300)
     assert proc.returncode == 2 and "is damaged (it is not an SQLite database)" in one_line_error(proc.stderr)
+
+    db.unlink()  # a store written by a newer MLflow: a schema revision this one does not know
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
+    proc = run(train_cmd("plain"), project, env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = one_line_error(proc.stderr)
+    assert error.startswith(f"error: MLflow store {db} was written by a newer MLflow (schema f00dfeedbeef"), error
 
 
 def test_compare_refuses_a_damaged_store_in_one_error(tmp_path):
