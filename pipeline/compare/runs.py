@@ -25,7 +25,7 @@ import pandas as pd
 from pipeline.core import labels
 from pipeline.core import metric_names
 from pipeline.core import paths
-from pipeline.core import store
+from pipeline.core import store, tracking
 from pipeline.core.errors import UserError
 
 # The MLflow names of what the report reads: final test metrics, training time, the curves.
@@ -71,10 +71,10 @@ def read_records(variants: list[str], seeds: list[int], results: Path = paths.RE
 
 
 def require_store(uri: str) -> None:
-    store.check_server(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `dvc repro` to train the variants first "
                         "(or set MLFLOW_TRACKING_URI to the store they were logged in)")
+    tracking.check_store(uri)  # a server answers; a SQLite store is sound and writable
 
 
 def _find_runs(client, records: dict[RunKey, dict]) -> dict:

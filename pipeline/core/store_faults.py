@@ -2,8 +2,9 @@
 
 In: the path of a SQLite store (``mlflow.db``) and an experiment's artifact location.
 Out: ``check_sqlite(db)`` and ``check_artifacts(location)`` return nothing, or raise a ``UserError``
-naming the store and what to do: a damaged (e.g. truncated) or foreign file, a read-only file or
-directory, a store another process keeps locked, an artifact folder that cannot be written. A server's
+naming the store and what to do: a damaged (e.g. truncated) or foreign file, a store written by a newer
+MLflow, a read-only file or directory, a store another process keeps locked, an artifact folder that
+cannot be written. A server's
 faults are the server's to report (``pipeline.core.store.check_server``).
 """
 
@@ -56,6 +57,22 @@ def damage(db: Path) -> str | None:
     return None if result == "ok" else f"SQLite says: {result}"
 
 
+def unknown_schema(db: Path) -> str | None:
+    """The store's schema revision when this MLflow has no migration of that name (a newer MLflow wrote it)."""
+    import mlflow
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+    try:
+        revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    except (sqlite3.DatabaseError, TypeError):
+        return None  # a new store, or one MLflow creates the tables in
+    finally:
+        conn.close()
+    migrations = Path(mlflow.__file__).parent / "store" / "db_migrations" / "versions"
+    known = not migrations.is_dir() or any(f.name.startswith(f"{revision}_") for f in migrations.iterdir())
+    return None if known else revision
+
+
 def check_sqlite(db: Path) -> None:
     """A SQLite store MLflow can open and write: sound, writable, not held locked by another process."""
     where = f"MLflow store {db}"
@@ -70,6 +87,11 @@ def check_sqlite(db: Path) -> None:
     if problem:
         raise UserError(f"{where} is damaged ({problem}); restore it from a backup, or move it away to start an "
                         "empty store (the DVC records then name runs it lacks: `dvc repro -f` retrains them)")
+    if revision := unknown_schema(db):
+        import mlflow
+
+        raise UserError(f"{where} was written by a newer MLflow (schema {revision}, unknown to MLflow "
+                        f"{mlflow.__version__}); use the MLflow version that wrote it, or another store")
     conn = sqlite3.connect(db, timeout=LOCK_WAIT_S, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")

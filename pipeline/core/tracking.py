@@ -213,6 +213,24 @@ def launcher_run_ended():
         raise
 
 
+@contextmanager
+def server_loss_in_one_line():
+    """A tracking server lost for longer than MLflow's client retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``:
+    about 4 minutes with the defaults) stops the stage with one line instead of MLflow's traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        uri = store.tracking_uri()
+        if not uri.startswith(("http://", "https://")) or "Max retries exceeded" not in str(exc):
+            raise
+        raise UserError(f"lost the MLflow tracking server {store.redact(uri)} for longer than MLflow's retries "
+                        "(MLFLOW_HTTP_REQUEST_MAX_RETRIES, about 4 min by default); its run stays RUNNING there "
+                        "until the next training of that name, or `python -m pipeline.core.tracking stale --close` "
+                        "on this machine, closes it KILLED") from None
+
+
 def _release_store(exc: BaseException) -> None:
     """Drop the frames an interrupt left behind, and with them any half-read SQLite cursor.
 

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
     def body() -> None:
-        with tracking.launcher_run_ended():  # under `mlflow run`, stopped before training: its run ends too
+        # Under `mlflow run`, stopped before training: the launcher's run ends too. A lost server: one line.
+        with tracking.launcher_run_ended(), tracking.server_loss_in_one_line():
             train(args.variant, whole_number("seed", args.seed), overrides=train_overrides(args),
                   record_dir=args.record, dvc_stage=args.dvc_stage, params_path=args.params,
                   grid_rate=number("grid-rate", args.grid_rate))

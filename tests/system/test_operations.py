@@ -15,7 +15,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -104,8 +103,8 @@ def check_race_store(client: mlflow.MlflowClient, rounds: int, n: int) -> None:
         assert sorted(int(v.version) for v in client.search_model_versions(f"name='race-{r}-model'")) == \
             list(range(1, n + 1))
         assert sorted(client.get_registered_model(f"race-{r}-model").aliases) == [f"t{i}" for i in range(n)]
-        for run in runs:
-            assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["mnist-train"]
+        for one in runs:
+            assert [d.dataset.name for d in one.inputs.dataset_inputs] == ["mnist-train"]
 
 
 def test_shared_writes_at_the_same_instant_into_a_fresh_sqlite_store(tmp_path):
@@ -274,6 +273,28 @@ def test_a_truncated_store_is_one_line_before_training(tmp_path):
     db.write_bytes(b"<html>not a database</html>\n" * 10)
     proc = run(train_cmd("plain"), project, env, timeout=300)
     assert proc.returncode == 2 and "is damaged (it is not an SQLite database)" in one_line_error(proc.stderr)
+
+    db.unlink()  # a store written by a newer MLflow: a schema revision this one does not know
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
+    proc = run(train_cmd("plain"), project, env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = one_line_error(proc.stderr)
+    assert error.startswith(f"error: MLflow store {db} was written by a newer MLflow (schema f00dfeedbeef"), error
+
+
+def test_compare_refuses_a_damaged_store_in_one_error(tmp_path):
+    from pipeline.core.errors import UserError
+    from pipeline.compare.runs import fetch_runs
+
+    db = tmp_path / "mlflow.db"
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    run_id = client.create_run(client.create_experiment("test-study")).info.run_id
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    records = {("plain", 0): {"run_id": run_id, "experiment_id": "1"}}
+    with pytest.raises(UserError, match=rf"^MLflow store {db} is damaged \(it is truncated: "):
+        fetch_runs(records, f"sqlite:///{db}")
 
 
 def can_mount_read_only() -> bool:
@@ -448,3 +469,40 @@ def test_a_study_shared_through_a_tracking_server_and_a_dvc_remote(tmp_path):
     error = one_line_error(proc.stderr)
     assert f"run {record['run_id']} (" in error and "results/" in error and "record.json" in error, error
     assert "MLFLOW_TRACKING_URI" in error and "dvc repro -f train@" in error, error
+
+
+def test_a_server_lost_for_longer_than_the_retries_is_one_line_and_the_rerun_closes_the_run(tmp_path):
+    """With the retries cut to one (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=1``), a server stopped mid-training
+    outlasts them: the training stops with one line (exit 2), no record; its run stays RUNNING on the
+    server, which could not be told, and the same training run again once the server is back closes it
+    KILLED and finishes: one FINISHED run, none RUNNING."""
+    folder = tmp_path / "server"
+    folder.mkdir()
+    port = free_port()
+    server = start_server(folder, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        project, env = prepared_project(tmp_path, tiny_params(**LONG), MLFLOW_TRACKING_URI=url)
+        short = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+        proc = Proc(train_cmd("plain", "--record", "results/plain-s0"), project, short, tmp_path / "logs", "lost")
+        try:
+            proc.wait_for("epoch 1/", 300)
+            stop_group(server)
+            code = proc.wait(300)
+        finally:
+            proc.kill()
+        assert code == 2, proc.stderr[-3000:]
+        error = one_line_error(proc.stderr)
+        assert error.startswith(f"error: lost the MLflow tracking server {url} for longer than MLflow's retries"), error
+        assert not (project / "results" / "plain-s0").exists()
+        lost = proc.wait_for("training plain-s0", 1).rsplit("run ", 1)[1].strip()
+
+        server = start_server(folder, port)
+        client = mlflow.MlflowClient(url)
+        assert client.get_run(lost).info.status == "RUNNING"
+        again = run(train_cmd("plain", "--record", "results/plain-s0", "--epochs", "1"), project, env, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"closed run {lost} (plain-s0) as KILLED" in again.stdout
+        assert sorted(r.info.status for r in all_runs(client)) == ["FINISHED", "KILLED"]
+    finally:
+        stop_group(server)
