@@ -47,7 +47,8 @@ def accuracy_bars(table, path: Path, colours: dict[str, str], interval: str) -> 
     low = np.nanmin(np.concatenate([table["accuracy_ci_low"].to_numpy(), ref]))
     ax.set_ylim(max(0.0, low - 0.02), min(1.0, float(np.nanmax(table["accuracy_ci_high"])) + 0.01))
     ax.set_xticks(x, table["variant"])
-    ax.set(xlabel="variant", ylabel="test accuracy", title="Final test accuracy per variant")
+    ax.set(xlabel="variant", ylabel="test accuracy (fraction of the test images)",
+           title="Final test accuracy per variant: mean over seeds, bars the interval (seeds and test images)")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -95,6 +95,6 @@ def draw_figures(runs: dict[RunKey, RunData], table: pd.DataFrame, out: Path, co
     first_seed = min(seed for _, seed in runs)
     bn = {run.variant: run.bn for (_, seed), run in runs.items() if seed == first_seed and run.bn}
     if bn:
-        bn_distributions(bn, out / "bn_parameters.png", colours)
+        bn_distributions(bn, out / "bn_parameters.png", colours, seed=first_seed)
         names.append("bn_parameters.png")
     return names

@@ -40,7 +40,7 @@ def save(fig, path: Path) -> None:
 
 
 def bn_distributions(weights: dict[str, dict[str, dict[str, np.ndarray]]], path: Path,
-                     colours: dict[str, str] | None = None) -> None:
+                     colours: dict[str, str] | None = None, seed: int | None = None) -> None:
     """Histograms of gamma and beta: one row per BN layer, a colour per variant (``colours``, else
     ``palette`` of the variants given), each panel with its own legend (the variants it has).
 
@@ -64,6 +64,6 @@ def bn_distributions(weights: dict[str, dict[str, dict[str, np.ndarray]]], path:
             ax.set_ylabel("channels", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6)
-    fig.suptitle("Learned batch-norm parameters", fontsize=11)
+    fig.suptitle("Learned batch-norm parameters (per channel)" + ("" if seed is None else f", seed {seed}"), fontsize=11)
     fig.tight_layout()
     save(fig, path)
