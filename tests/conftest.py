@@ -100,8 +100,8 @@ def prepared_fixture(tmp_path_factory) -> Path:
 # `make test` runs the files on two workers (pytest-xdist, ``--dist loadfile``: a file's tests stay
 # together, so its module fixtures are built once and its Ray clusters never overlap another's).
 # Started longest first, the two workers finish close together; the order is only a schedule.
-LONGEST_FIRST = ("test_operations.py", "test_reliability.py", "test_sweep.py", "test_bench.py", "test_backend.py", "test_train.py",
-                 "test_compare.py")
+LONGEST_FIRST = ("test_operations.py", "test_store_faults.py", "test_reliability.py", "test_sweep.py", "test_bench.py",
+                 "test_backend.py", "test_train.py", "test_compare.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import pytest
 import yaml
 
 from conftest import VENV_BIN, ci_apt_install, make_project_copy, subprocess_env, tiny_params
@@ -288,3 +289,31 @@ def postgres_cluster(bindir: Path, database: str = "mlflow", timeout: float = 60
         if started:
             sh(bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+SMALL = {"train_limit": 300, "test_limit": 200}
+LONG = {"epochs": 50, "train_limit": 600}  # long enough to be interrupted after its first epoch
+
+
+@pytest.fixture(autouse=True)
+def no_default_store(monkeypatch):
+    """MLflow calls in the test process name their store; one that falls back to the default
+    (./mlflow.db: the real study's store) fails at once instead of touching it. Imported by the
+    modules that use it, where it applies to every test."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # the discard port: refused
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+def all_runs(client) -> list:
+    """Every run of every experiment in the store, deleted ones too."""
+    from mlflow.entities import ViewType
+
+    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    return client.search_runs(exps, run_view_type=ViewType.ALL, max_results=1000)

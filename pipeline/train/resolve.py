@@ -94,11 +94,11 @@ def resolve(variant: str, seed: int, params: Params, prepared: Path | None,
     spec = params.variant(variant)
     if not 0 <= seed < MAX_SEED:
         raise UserError(f"--seed = {seed} is invalid: must be from 0 to {MAX_SEED - 1}")
+    experiment_id = tracking.prepare_experiment(params.mlflow.experiment)  # a store that is down fails first
     prepared = prepared or paths.PREPARED
     if not prepared_data.exists(prepared):
         raise UserError(f"no prepared data in {prepared}; run `dvc repro normalize` (or `python -m pipeline.data`, "
                         "which makes it without DVC) first")
-    experiment_id = tracking.prepare_experiment(params.mlflow.experiment)
     summary_path = prepared.parent / "summary.json"
     data_summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return TrainSetup(params, spec, seed, experiment_id, prepared, data_summary, grid_rate)

@@ -822,12 +822,12 @@ def test_dvc_plots_show_overlays_every_variant_and_seed(study, report, tmp_path)
     """The project's top-level plots (dvc.yaml, template .dvc/plots/overlay.json) render one chart per question
     from the tables compare wrote: every run's points, a colour per variant."""
     repo = tmp_path / "repo"
-    (repo / ".dvc" / "plots").mkdir(parents=True)
-    shutil.copy(ROOT / ".dvc" / "plots" / "overlay.json", repo / ".dvc" / "plots" / "overlay.json")
+    repo.mkdir()
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]}))
     shutil.copytree(report.dir / "plots", repo / "reports" / "plots")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "-q", "--force"], cwd=repo, check=True)
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "-q"], cwd=repo, check=True)
+    (repo / ".dvc" / "plots").mkdir()
     shutil.copy(ROOT / ".dvc" / "plots" / "overlay.json", repo / ".dvc" / "plots" / "overlay.json")
     for name, x in (("test_accuracy_per_epoch.csv", "epoch"), ("heldout_accuracy_per_step.csv", "step")):
         proc = subprocess.run([str(Path(sys.executable).with_name("dvc")), "plots", "show", "--show-vega",

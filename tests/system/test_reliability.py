@@ -26,30 +26,18 @@ from mlflow.entities import ViewType
 from conftest import FIXTURE_MNIST, VENV_BIN, fixture_pins, make_project_copy, subprocess_env, tiny_params
 from pipeline.core import metric_names as M
 from pipeline.data.idx import payload_sha256
-from reliability_helpers import (Proc, ensure_postgres, free_port, leftovers, mlflow_server, one_line_error,
-                                 postgres_cluster, prepared_project, run, set_params, sigint_reaches_children,
-                                 sqlite_integrity, train_cmd)
+from reliability_helpers import no_default_store  # noqa: F401  (an autouse fixture: every test here)
+from reliability_helpers import (LONG, SMALL, all_runs, Proc, ensure_postgres, free_port, leftovers, mlflow_server,
+                                 one_line_error, postgres_cluster, prepared_project, run, set_params,
+                                 sigint_reaches_children, sqlite_integrity, train_cmd)
 
 pytestmark = pytest.mark.slow
 sigint_reaches_children()
 
 EXPERIMENT = "test-study"          # tiny_params() names it
 PYTHON = str(VENV_BIN / "python")
-SMALL = {"train_limit": 300, "test_limit": 200}
-LONG = {"epochs": 50, "train_limit": 600}  # long enough to be interrupted after its first epoch
 
 
-@pytest.fixture(autouse=True)
-def no_default_store(monkeypatch):
-    """MLflow calls in this process name their store; one that falls back to the default
-    (./mlflow.db: the real study's store) fails at once instead of touching it."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # the discard port: refused
-    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri("http://127.0.0.1:9")
-    yield
-    mlflow.set_tracking_uri(previous)
 
 
 def only_variants(params: dict, *names: str) -> dict:
@@ -61,9 +49,6 @@ def client_for(env: dict) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
 
 
-def all_runs(client: mlflow.MlflowClient) -> list:
-    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    return client.search_runs(exps, run_view_type=ViewType.ALL, max_results=1000)
 
 
 def run_id_of(proc: Proc) -> str:
