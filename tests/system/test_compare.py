@@ -30,7 +30,7 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from conftest import ROOT, tiny_params
+from conftest import ROOT, holm_by_definition, tiny_params
 from pipeline.core import metric_names as M
 from pipeline.compare import evidence, stats
 from pipeline.compare.stage import DESCRIPTION_LIMIT, compare
@@ -406,15 +406,6 @@ def test_significance_csv_is_the_logged_table(report):
             assert csv[column].astype(str).tolist() == logged[column].astype(str).tolist(), column
 
 
-def _holm(ps: list[float]) -> list[float]:
-    """Holm's step-down adjustment, written out: the k-th smallest p times (m - k), running maximum, capped at 1."""
-    order = sorted(range(len(ps)), key=lambda i: ps[i])
-    out, running = [0.0] * len(ps), 0.0
-    for k, i in enumerate(order):
-        running = max(running, min(1.0, (len(ps) - k) * ps[i]))
-        out[i] = running
-    return out
-
 
 @slow
 def test_mcnemar_counts_are_the_predictions(study, report):
@@ -434,7 +425,7 @@ def test_mcnemar_counts_are_the_predictions(study, report):
         shown = [cell.strip() for cell in _md_line(report.md, f"| {r.a} vs {r.b} ").strip("|").split("|")]
         assert f"{r.diff_pp:+.2f}" in shown and f"{r.p_holm:.2g}" in shown, shown
     for family, rows in significance.groupby("family"):
-        assert rows["p_holm"].tolist() == pytest.approx(_holm(rows["p"].tolist()), rel=1e-9), family
+        assert rows["p_holm"].tolist() == pytest.approx(holm_by_definition(rows["p"].tolist()), rel=1e-9), family
     assert set(significance["family"]) == {"confirmatory", "exploratory"}
     for r in significance.itertuples():
         direction = r.call.endswith(" better")

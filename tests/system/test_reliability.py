@@ -181,8 +181,8 @@ def test_interrupted_dvc_repro_commits_nothing_and_the_next_repro_trains_cleanly
 
 
 def test_four_parallel_trainings_into_one_fresh_sqlite_store(tmp_path):
-    """The store does not exist when four trainings start; the file lock in
-    tracking.prepare_experiment lets exactly one create it, and all four land complete."""
+    """The store does not exist when four trainings start; the store's file lock (tracking.shared_write)
+    lets exactly one create it and the shared datasets, and all four land complete."""
     project, env = prepared_project(tmp_path, tiny_params(epochs=2, **SMALL))
     db = Path(env["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
     assert not db.exists()
@@ -210,6 +210,7 @@ def test_four_parallel_trainings_into_one_fresh_sqlite_store(tmp_path):
             assert sorted(m.step for m in history) == [1, 2], (v, key)
         assert run.data.metrics[M.TEST_ACCURACY] == pytest.approx(record["test_accuracy"])
         assert {"predictions.csv", "model_summary.txt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert len(run.inputs.dataset_inputs) == 2  # both logged the same two new datasets at once, both kept
 
 
 # --------------------------------------------------------------------------- 3. remote tracking

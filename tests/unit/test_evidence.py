@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from conftest import holm_by_definition
 from pipeline.compare import evidence as ev
 from pipeline.compare import stats
 
@@ -288,7 +289,7 @@ def _family(estimates, se=0.004):
 def test_holm_adjusted_p_equals_the_reports_holm_over_this_family_only():
     family = _family([0.02, 0.009, 0.0, -0.011, 0.003, 0.03])
     judged = ev.judge_family(family, 0.05)
-    assert [c.p_adjusted for c in judged] == pytest.approx(_holm([c.p for c in family]), rel=1e-12)
+    assert [c.p_adjusted for c in judged] == pytest.approx(holm_by_definition([c.p for c in family]), rel=1e-12)
     smaller = ev.judge_family(family[:3], 0.05)
     for few, many in zip(smaller, judged[:3]):
         assert few.p_adjusted <= many.p_adjusted
@@ -406,12 +407,3 @@ def test_one_seed_is_a_paired_test_over_the_images_alone():
     r = ev.reproduction(0.5, a, alpha=0.05)
     assert not r.reproduced and r.df == 399
 
-
-def _holm(ps: list[float]) -> list[float]:
-    """Holm's step-down adjustment written out: the k-th smallest p times (m - k), running maximum, capped at 1."""
-    order = sorted(range(len(ps)), key=lambda i: ps[i])
-    out, running = [0.0] * len(ps), 0.0
-    for k, i in enumerate(order):
-        running = max(running, min(1.0, (len(ps) - k) * ps[i]))
-        out[i] = running
-    return out
