@@ -71,8 +71,9 @@ def read_records(variants: list[str], seeds: list[int], results: Path = paths.RE
 
 
 def require_store(uri: str) -> None:
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `dvc repro` to train the variants first "
+    db = store.sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise UserError(f"no MLflow store at {db}; run `dvc repro` to train the variants first "
                         "(or set MLFLOW_TRACKING_URI to the store they were logged in)")
     tracking.check_store(uri)  # a server answers; a SQLite store is sound and writable
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import labels
+from pipeline.core import labels, quiet
 from pipeline.core.errors import UserError
 from pipeline.data import prepared as prepared_data
 
@@ -128,6 +128,7 @@ def run_training(job: Job) -> dict:
     cpus = ctx.get_assigned_resources().get("CPU", 1.0)
     try:
         threads = pin_threads(cpus)
+        quiet.install()  # as a stage's entry point does: TensorFlow's start-up lines stay out of the worker's log
         os.environ["MLFLOW_TRACKING_URI"] = job.tracking_uri
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             os.environ.pop(var, None)
