@@ -49,6 +49,12 @@ def _positive(value: Any) -> float:
     return float(value)
 
 
+def _non_negative(value: Any) -> float:
+    if not _is_number(value) or value < 0:
+        raise ValueError("must be a number >= 0")
+    return float(value)
+
+
 def _rate(value: Any) -> float:
     if not _is_number(value):
         raise ValueError("must be a number")
@@ -126,6 +132,7 @@ def _learning_rates(value: Any) -> list[float | int]:
 Bool = Annotated[bool, _rule(_bool)]
 PositiveInt = Annotated[int, _rule(_whole_positive)]
 PositiveFloat = Annotated[float, _rule(_positive)]
+NonNegativeFloat = Annotated[float, _rule(_non_negative)]
 Rate = Annotated[float, _rule(_rate)]
 Probability = Annotated[float, _rule(_probability)]
 Limit = Annotated[int | None, _rule(_optional_limit)]

@@ -55,6 +55,11 @@ DIVERGED_AT_STEP = "timing/diverged_at_step"
 
 DIAGNOSTICS_GROUP = "diagnostics"
 COADAPTATION_FC1 = f"{DIAGNOSTICS_GROUP}/coadaptation/fc1"
+# After batch norm's moving statistics were re-estimated with dropout off (pipeline.measures.recalibrate).
+RECALIBRATED = f"{DIAGNOSTICS_GROUP}/recalibrated"
+RECALIBRATED_TEST_ACCURACY = f"{RECALIBRATED}/test_accuracy"
+RECALIBRATED_TEST_LOSS = f"{RECALIBRATED}/test_loss"
+RECALIBRATED_COADAPTATION_FC1 = f"{RECALIBRATED}/coadaptation/fc1"
 
 
 def covariate_shift(record_key: str) -> str:

@@ -21,8 +21,8 @@ from pydantic_core import PydanticCustomError
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
-from pipeline.core.fields import (Backend, Bool, LearningRates, Limit, Name, Pair, Pins, PositiveFloat, PositiveInt,
-                             Probability, Rate, Seeds, Sources)
+from pipeline.core.fields import (Backend, Bool, LearningRates, Limit, Name, NonNegativeFloat, Pair, Pins,
+                                  PositiveFloat, PositiveInt, Probability, Rate, Seeds, Sources)
 
 class Section(BaseModel):
     """A mapping in params.yaml: frozen, unknown keys refused with the allowed ones listed."""
@@ -56,6 +56,7 @@ class NormalizeSettings(Section):
 
 class MlflowSettings(Section):
     experiment: Name
+    system_metrics_seconds: NonNegativeFloat = 10.0  # MLflow's system-metrics sampling interval; 0: off
 
 
 class TrainSettings(Section):
@@ -122,10 +123,13 @@ class DiagnosticsSettings(Section):
     probe_size: PositiveInt = 256
     every_n_batches: PositiveInt = 100
     variance_shift_images: PositiveInt = 2000
+    recalibration: Bool = True           # BN statistics re-estimated with dropout off, then tested again
+    recalibration_images: PositiveInt = 10000
 
     @property
     def any(self) -> bool:
-        return self.enabled and (self.covariate_shift or self.coadaptation or self.variance_shift)
+        return self.enabled and (self.covariate_shift or self.coadaptation or self.variance_shift
+                                 or self.recalibration)
 
 
 class ConvergenceSettings(Section):

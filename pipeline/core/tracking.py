@@ -23,6 +23,7 @@ launcher's run when the entry point stops before taking it over; ``log_datasets`
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -156,7 +157,7 @@ def register_model(model_id: str, name: str, alias: str, tags: dict[str, str]) -
 
 
 @contextmanager
-def mlflow_run(experiment_id: str, run_name: str, tags: dict):
+def mlflow_run(experiment_id: str, run_name: str, tags: dict, system_metrics_seconds: float = 0):
     """Start the run in ``experiment_id``; under ``mlflow run``, continue the launcher's run instead.
 
     ``mlflow run`` opens a run in the experiment the user chose (``--experiment-name``, else
@@ -165,7 +166,8 @@ def mlflow_run(experiment_id: str, run_name: str, tags: dict):
     the body completes; an interrupt ends it KILLED, any other error FAILED, so a report can
     never pick up a half-run. It carries its process's tags (``run_guard.process_tags``), and
     the RUNNING runs of the same name whose process is gone (killed by SIGKILL, the OOM killer,
-    a power cut) are closed KILLED first.
+    a power cut) are closed KILLED first. With ``system_metrics_seconds`` > 0, MLflow's own
+    system-metrics logging samples CPU, memory, disk and network (``system/*``) that often.
     """
     import mlflow
 
@@ -177,7 +179,11 @@ def mlflow_run(experiment_id: str, run_name: str, tags: dict):
         experiment_id = client.get_run(launcher_id).info.experiment_id
     run_guard.close_dead_runs(client, experiment_id, run_name, keep=launcher_id)
     tags = {**tags, **run_guard.process_tags()}
-    run = mlflow.start_run(run_id=launcher_id, experiment_id=experiment_id, run_name=run_name, tags=tags)
+    if system_metrics_seconds > 0:
+        mlflow.set_system_metrics_sampling_interval(system_metrics_seconds)
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not its start/stop lines
+    run = mlflow.start_run(run_id=launcher_id, experiment_id=experiment_id, run_name=run_name, tags=tags,
+                           log_system_metrics=system_metrics_seconds > 0)
     try:
         yield run
     except KeyboardInterrupt as exc:

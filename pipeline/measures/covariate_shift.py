@@ -57,6 +57,20 @@ def _point_stats(a) -> dict[str, float]:
     return stats
 
 
+# Ioffe & Szegedy's Fig. 1(b, c) follows one typical sigmoid's input in the last hidden layer: here
+# unit 0 of the 84 inputs to fc1's tanh, recorded beside the pooled points as the point "fc1_tanh_unit0".
+TYPICAL_UNIT = ("fc1_tanh", 0)
+
+
+def unit_stats(acts: dict[str, np.ndarray], point: str = TYPICAL_UNIT[0], unit: int = TYPICAL_UNIT[1]
+               ) -> dict[str, float]:
+    """``{f"{point}_unit{unit}.{stat}": value}``: PROBE_STATS of one unit (last axis) of ``acts[point]``
+    over the probe images; empty when ``point`` is not among ``acts``."""
+    if point not in acts:
+        return {}
+    return {f"{point}_unit{unit}.{k}": v for k, v in _point_stats(acts[point][..., unit]).items()}
+
+
 _stats_pool: ThreadPoolExecutor | None = None
 
 

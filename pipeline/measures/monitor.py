@@ -18,8 +18,9 @@ import numpy as np
 
 from pipeline.measures.checkpoints import StepCheckpoints
 from pipeline.measures.coadaptation import mean_abs_correlation
-from pipeline.measures.covariate_shift import probe_stats
+from pipeline.measures.covariate_shift import probe_stats, unit_stats
 from pipeline.measures.probes import output_key, probe_activations
+from pipeline.measures.variance_shift import Moments, merge_moments
 
 
 class CovariateShiftMonitor(StepCheckpoints):
@@ -55,7 +56,7 @@ class CovariateShiftMonitor(StepCheckpoints):
         acts = probe_activations(self.model, self.probe_x, outputs=(layer,) if layer else (),
                                  inputs=self.covariate_shift)
         out = acts.pop(output_key(layer)) if layer else None
-        stats = probe_stats(acts)
+        stats = {**probe_stats(acts), **unit_stats(acts)}
         coad = mean_abs_correlation(out.reshape(len(out), -1)) if layer else None
         self.history.append((step, stats))
         if layer:
@@ -84,23 +85,12 @@ def variance_ratios(model: keras.Model, x, batch_size: int = 250) -> dict[str, n
     dropout before BN inflated the training variance.
     """
     bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    # Batch by batch, merging per-channel (n, mean, M2) with Chan et al.'s formula: the
-    # activations of 2,000 images at once would cost about 1 GiB of memory.
-    merged: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+    # Batch by batch: the activations of 2,000 images at once would cost about 1 GiB of memory.
+    merged: dict[str, Moments] = {}
     for start in range(0, len(x), batch_size):
         acts = probe_activations(model, x[start:start + batch_size])
         for layer in bn:
-            a = acts[layer.name].astype(np.float64)
-            a = a.reshape(-1, a.shape[-1])
-            n_b, mean_b = len(a), a.mean(axis=0)
-            m2_b = ((a - mean_b) ** 2).sum(axis=0)
-            if layer.name not in merged:
-                merged[layer.name] = (n_b, mean_b, m2_b)
-                continue
-            n_a, mean_a, m2_a = merged[layer.name]
-            n = n_a + n_b
-            delta = mean_b - mean_a
-            merged[layer.name] = (n, mean_a + delta * n_b / n, m2_a + m2_b + delta ** 2 * n_a * n_b / n)
+            merged[layer.name] = merge_moments(merged.get(layer.name), acts[layer.name])
     ratios = {}
     for layer in bn:
         n, _, m2 = merged[layer.name]

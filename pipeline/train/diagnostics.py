@@ -1,13 +1,16 @@
 """The diagnostics of one training run: ``pipeline.measures.covariate_shift`` wired into ``fit`` and MLflow.
 
-In: the ``diagnostics`` settings, the model being trained and the test images (the probe
-batch is the last ``probe_size`` of them; variance shift uses the first
-``variance_shift_images``).
+In: the ``diagnostics`` settings, the model being trained and the loaded data (the probe
+batch is the last ``probe_size`` test images; variance shift uses the first
+``variance_shift_images``; recalibration re-estimates BN on the first ``recalibration_images``
+training images and tests on every test image).
 Out: ``monitor`` (a callback for ``fit``, or None) logs ``diagnostics/covariate_shift/*`` and
 ``diagnostics/coadaptation/fc1`` at every checkpoint (the end of training is the last one, so
 its latest point is the final value); ``finish(out, title)`` logs the final measurements as metrics and
 writes ``history.csv``, ``summary.json``, ``covariate_shift.png`` and
-``fc1_activations.npy`` into ``out``, and returns the summary.
+``fc1_activations.npy`` into ``out`` (for a network with batch norm, also
+``recalibrated_predictions.csv``: the test images' correctness after BN was re-estimated with
+dropout off), and returns the summary. The trained model is never changed.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ class RunDiagnostics:
     """Only the diagnostics switched on in ``settings`` run; ``monitor`` is None when neither
     covariate shift nor co-adaptation is on."""
 
-    def __init__(self, settings: DiagnosticsSettings, model, x_test: np.ndarray):
+    def __init__(self, settings: DiagnosticsSettings, model, data: dict):
         from pipeline.measures.monitor import CovariateShiftMonitor
 
         self.settings = settings
         self.model = model
+        self.data = data
+        x_test = data["x_test"]
         self.probe_x = x_test[-min(settings.probe_size, len(x_test)):]
         self.variance_x = x_test[:min(settings.variance_shift_images, len(x_test))]
         self.monitor = None
@@ -71,6 +76,8 @@ class RunDiagnostics:
             np.save(out / "fc1_activations.npy", monitor.last_output.astype(np.float32))
         if self.settings.variance_shift:
             metrics.update(self._finish_variance_shift(summary))
+        if self.settings.recalibration:
+            metrics.update(self._finish_recalibration(out, summary))
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
         mlflow.log_metrics({**metrics, metric_names.DIAGNOSTICS_FINAL_SECONDS: time.perf_counter() - start})
         return summary
@@ -94,3 +101,29 @@ class RunDiagnostics:
         summary["variance_shift"] = shift_from_ratios(ratios)
         summary["variance_ratio_mean"] = {k: float(np.mean(v)) for k, v in ratios.items()}
         return {metric_names.variance_shift(k): v for k, v in summary["variance_shift"].items()}
+
+    def _finish_recalibration(self, out: Path, summary: dict) -> dict[str, float]:
+        """Li et al.'s check: BN re-estimated with dropout off on training images, the copy tested again."""
+        import pandas as pd
+
+        from pipeline.measures.monitor import coadaptation
+        from pipeline.measures.recalibrate import recalibrated
+        from pipeline.train.model import bn_layers
+
+        if not bn_layers(self.model):
+            return {}
+        images = self.data["x_train"][:self.settings.recalibration_images]
+        copy = recalibrated(self.model, images)
+        labels = self.data["y_test"]
+        probs = copy.predict(self.data["x_test"], batch_size=1000, verbose=0)
+        correct = probs.argmax(axis=1) == labels
+        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0))))
+        pd.DataFrame({"correct": correct.astype(int)}).to_csv(out / "recalibrated_predictions.csv", index=False)
+        found = {"test_accuracy": float(correct.mean()), "test_loss": loss}
+        if self.settings.coadaptation:
+            found["coadaptation_fc1"] = coadaptation(copy, self.probe_x, COADAPTATION_LAYER)
+        summary["recalibration"] = {"images": len(images), **found}
+        names = {"test_accuracy": metric_names.RECALIBRATED_TEST_ACCURACY,
+                 "test_loss": metric_names.RECALIBRATED_TEST_LOSS,
+                 "coadaptation_fc1": metric_names.RECALIBRATED_COADAPTATION_FC1}
+        return {names[k]: v for k, v in found.items()}

@@ -62,7 +62,8 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
         data = carve_validation(data, setup.params.lr_grid.validation_images, seed)
     model = steps.build(setup, options)
     diag, convergence, callbacks = steps.monitors(setup, model, data)
-    with tracking.mlflow_run(setup.experiment_id, setup.run_name, run_tags(setup, dvc_stage)) as run:
+    with tracking.mlflow_run(setup.experiment_id, setup.run_name, run_tags(setup, dvc_stage),
+                             setup.params.mlflow.system_metrics_seconds) as run:
         datasets = steps.log_setup(setup, model, data)
         steps.say_start(setup, model, data, run.info.run_id)
         history, speed = steps.fit(model, data, setup, options, callbacks)

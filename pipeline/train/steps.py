@@ -117,7 +117,7 @@ def monitors(setup: TrainSetup, model, data: dict) -> tuple[Any, Any, list]:
     from pipeline.train.diagnostics import RunDiagnostics
 
     settings = setup.params.diagnostics
-    diag = RunDiagnostics(settings, model, data["x_test"]) if settings.any else None
+    diag = RunDiagnostics(settings, model, data) if settings.any else None
     callbacks = [diag.monitor] if diag is not None and diag.monitor is not None else []
     convergence = convergence_monitor(setup, data)
     return diag, convergence, callbacks + ([convergence] if convergence is not None else [])

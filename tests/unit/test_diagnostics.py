@@ -71,7 +71,9 @@ def _bn_model(dropout: float) -> keras.Model:
     return keras.Model(inputs, layers.Activation("tanh", name="bn_tanh")(x))
 
 
-def _images(rng, n):
+def _images(rng, n, shape=None):
+    if shape is not None:  # images in [0, 1], as the model is fed
+        return rng.random((n, *shape), dtype=np.float32)
     # Channels differ in mean and scale, so variance over the wrong axes would not give ~1.
     return (rng.normal(size=(n, 6, 6, 3)) * [0.5, 2.0, 5.0] + [0.0, 3.0, -1.0]).astype("float32")
 
@@ -91,6 +93,31 @@ def test_variance_shift_is_one_without_dropout_and_large_with_it(dropout):
         assert np.all(ratios["bn"] < 0.6) and shift["bn"] > 1.8
     else:
         assert shift["bn"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_recalibration_removes_the_variance_shift_and_leaves_the_trained_model_alone():
+    from pipeline.measures.recalibrate import recalibrated
+    from pipeline.measures.variance_shift import merge_moments
+
+    rng = np.random.default_rng(4)
+    model = build_lenet(BN_DROPOUT)
+    for _ in range(3):  # moving statistics learned with dropout on
+        model(_images(rng, 64, shape=(28, 28, 1)), training=True)
+    before = [w.copy() for w in model.get_weights()]
+    x = _images(rng, 600, shape=(28, 28, 1))
+    copy = recalibrated(model, x, batch_size=250)  # three batches: the merged moments must be exact
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    shift = shift_from_ratios(keras_measures.variance_ratios(copy, x))
+    assert set(shift) == {"input_bn", "conv1_bn", "conv2_bn", "conv3_bn", "fc1_bn"}
+    assert all(v == pytest.approx(1.0, abs=1e-3) for v in shift.values()), shift
+    assert max(shift_from_ratios(keras_measures.variance_ratios(model, x)).values()) > 1.05
+    # Each layer's moving mean is its input's mean on x, after the layers before it were re-estimated.
+    inputs = probes.probe_activations(copy, x)["fc1_bn"]
+    np.testing.assert_allclose(copy.get_layer("fc1_bn").moving_mean.numpy(), inputs.mean(axis=0), rtol=1e-4, atol=1e-6)
+    # Merging batch by batch gives the one-pass moments.
+    a = rng.normal(size=(100, 7, 3))
+    n, mean, m2 = merge_moments(merge_moments(None, a[:37]), a[37:])
+    np.testing.assert_allclose((mean, m2 / n), (a.reshape(-1, 3).mean(0), a.reshape(-1, 3).var(0)), rtol=1e-12)
 
 
 def test_probe_points_and_probe_model_on_lenet():
@@ -144,13 +171,12 @@ def test_covariate_shift_monitor_records_during_fit(tmp_path):
     # Co-adaptation comes from the same probe pass, at the same steps.
     assert coads == monitor.coadaptation_history and [s for s, _ in coads] == [0, 3, 6, 9, 12, 15, 18]
     assert all(0.0 <= c <= 1.0 for _, c in coads)
-    points = probes.probe_points(model)
+    points = probes.probe_points(model) + ["fc1_tanh_unit0"]  # the pooled points, then one typical unit
     keys = {f"{p}.{stat}" for p in points for stat in ("p15", "p50", "p85", "mean", "log_std")}
     assert all(set(rec) == keys for _, rec in calls)
     first, last = calls[0][1], calls[-1][1]
     assert first["conv1_tanh.p15"] <= first["conv1_tanh.p50"] <= first["conv1_tanh.p85"]
     assert first["fc1_bn.mean"] != last["fc1_bn.mean"]  # it sees the weights as they train
-
     summary = cs.drift_summary(monitor.history)
     assert list(summary) == points
     conv1 = summary["conv1_bn"]
@@ -165,7 +191,16 @@ def test_covariate_shift_monitor_records_during_fit(tmp_path):
     # A record by hand (what training does at the end) agrees with the stand-alone measures.
     end = monitor.record(monitor.steps_done)
     assert monitor.coadaptation_history[-1] == (20, pytest.approx(keras_measures.coadaptation(model, x[:16]), rel=1e-9))
-    assert end == pytest.approx(cs.probe_stats(probes.probe_activations(model, x[:16])), rel=1e-12)
+    acts = probes.probe_activations(model, x[:16])
+    unit_keys = [k for k in end if k.startswith("fc1_tanh_unit0.")]
+    assert len(unit_keys) == 5
+    unit_stats = {k: end.pop(k) for k in unit_keys}
+    unit = unit_stats["fc1_tanh_unit0.p15"], unit_stats["fc1_tanh_unit0.p50"], unit_stats["fc1_tanh_unit0.mean"]
+    assert end == pytest.approx(cs.probe_stats(acts), rel=1e-12)
+    # The typical unit: unit 0 of fc1_tanh's input over the probe images, as NumPy computes it directly.
+    column = acts["fc1_tanh"][:, 0].astype(np.float64)
+    assert unit == pytest.approx((*np.percentile(column, [15, 50]), column.mean()), rel=1e-9)
+    assert unit[0] != end["fc1_tanh.p15"]
 
 
 def test_coadaptation_difference_is_paired_over_examples():
@@ -229,7 +264,9 @@ def test_diagnostics_config_switches():
     assert (d.enabled, d.covariate_shift, d.coadaptation, d.variance_shift) == (True, True, True, True) and d.any
     assert not diagnostics_config({"diagnostics": {"enabled": False}}).any
     assert not diagnostics_config({"diagnostics": {"covariate_shift": False, "coadaptation": False,
-                                                   "variance_shift": False}}).any
+                                                   "variance_shift": False, "recalibration": False}}).any
+    assert diagnostics_config({"diagnostics": {"covariate_shift": False, "coadaptation": False,
+                                               "variance_shift": False}}).any  # recalibration alone
     assert diagnostics_config({"diagnostics": {"coadaptation": False}}).any
     with pytest.raises(UserError, match="diagnostics.coadaptation.*must be true or false"):
         diagnostics_config({"diagnostics": {"coadaptation": "yes"}})
