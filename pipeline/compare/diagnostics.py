@@ -17,15 +17,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipeline.compare import figures
+from pipeline.compare import figures, recalibration
 from pipeline.compare.tables import markdown_table, or_dash
 from pipeline.core.figures import palette
 from pipeline.core.params import VariantSpec
 from pipeline.measures.coadaptation import coadaptation_difference
-from pipeline.measures.covariate_shift import drift_summary, history_records, settled_step
+from pipeline.measures.covariate_shift import TYPICAL_UNIT, drift_summary, history_records, settled_step
 
 TANH_POINTS = ["conv1_tanh", "conv2_tanh", "conv3_tanh", "fc1_tanh"]
 DRIFT_KEYS = ("Δmean/std", "Δlog-std")
+UNIT_TITLE = ("Input to fc1's tanh on the probe batch (first seed, inference mode): top, all 84 units pooled; bottom, "
+              "unit 0 alone, as Ioffe & Szegedy's Fig. 1(b, c) follows one unit. Median, band = 15th–85th percentile")
 
 
 @dataclass
@@ -80,6 +82,8 @@ class DiagnosticsSection:
     colours: dict[str, str] = field(default_factory=dict)  # pipeline.core.figures.palette of the study's variants
     settled_step: int = 0                        # drift is measured from this optimizer step on
     figure_seeds: dict[str, int] = field(default_factory=dict)  # the seed each variant's covariate-shift panel shows
+    recalibration: list = field(default_factory=list)        # pipeline.compare.recalibration.Recalibration
+    recalibration_gaps: list = field(default_factory=list)   # pipeline.compare.recalibration.Gap
 
 
 def mean_of_measured(values) -> float:
@@ -139,6 +143,11 @@ def _covariate_shift(section: DiagnosticsSection, by_variant: dict[str, list], f
     figures.covariate_shift_grid(histories, TANH_POINTS, fig_dir / "covariate_shift.png", section.colours,
                                  section.settled_step)
     section.figures.append("covariate_shift.png")
+    unit = f"{TYPICAL_UNIT[0]}_unit{TYPICAL_UNIT[1]}"
+    if all(f"{unit}.p50" in h for h in histories.values()):
+        figures.covariate_shift_grid(histories, [TYPICAL_UNIT[0], unit], fig_dir / "covariate_shift_unit.png",
+                                     section.colours, section.settled_step, title=UNIT_TITLE)
+        section.figures.append("covariate_shift_unit.png")
     section.drift = _drift_table(drift_runs, section.settled_step)
 
 
@@ -215,8 +224,10 @@ def _variance_shift(section: DiagnosticsSection, by_variant: dict[str, list], sp
     section.variance_shift_claims = _variance_shift_claims(shift, specs)
 
 
-def section(runs, specs: dict[str, VariantSpec], fig_dir) -> DiagnosticsSection | None:
-    """Draw the diagnostics figures into ``fig_dir`` and collect what the section shows."""
+def section(runs, specs: dict[str, VariantSpec], fig_dir, *, alpha: float = 0.05, margin: float = 0.001
+            ) -> DiagnosticsSection | None:
+    """Draw the diagnostics figures into ``fig_dir`` and collect what the section shows (``alpha`` and
+    ``margin``: compare's level and equivalence margin, for the re-estimation's changes)."""
     by_variant = runs_with_diagnostics(runs)
     if not by_variant:
         return None
@@ -224,6 +235,10 @@ def section(runs, specs: dict[str, VariantSpec], fig_dir) -> DiagnosticsSection 
     _covariate_shift(section, by_variant, fig_dir)
     _coadaptation(section, by_variant, specs, fig_dir)
     _variance_shift(section, by_variant, specs, fig_dir)
+    section.recalibration, section.recalibration_gaps = recalibration.section(
+        by_variant, dropout_counterparts(specs), alpha=alpha, margin=margin)
+    if section.recalibration:
+        section.metrics["diagnostics"].update(recalibration.metrics(section.recalibration, section.recalibration_gaps))
     return section
 
 
@@ -231,7 +246,8 @@ def section(runs, specs: dict[str, VariantSpec], fig_dir) -> DiagnosticsSection 
 
 
 def tables(section) -> dict:
-    tables = {"drift_table": None, "coadaptation_table": None, "variance_shift_table": None}
+    tables = {"drift_table": None, "coadaptation_table": None, "variance_shift_table": None,
+              "recalibration_table": recalibration.table(section.recalibration) if section.recalibration else None}
     if section.drift is not None:
         drift = section.drift.apply(lambda column: column.map(lambda pair: ", ".join(map(or_dash, pair))))
         drift.columns = [f"{point}: {', '.join(DRIFT_KEYS)}" for point in drift.columns]

@@ -56,7 +56,7 @@ def accuracy_bars(table, path: Path, colours: dict[str, str], interval: str) -> 
 
 
 def covariate_shift_grid(histories: dict, points: list[str], path: Path, colours: dict[str, str],
-                         settled_step: int) -> None:
+                         settled_step: int, title: str = "") -> None:
     """p15/p50/p85 of each tanh input over training; rows = points, columns = variants.
 
     ``histories`` maps variant -> DataFrame with a ``step`` column and ``<point>.p15`` … columns.
@@ -79,8 +79,10 @@ def covariate_shift_grid(histories: dict, points: list[str], path: Path, colours
                 ax.set_ylabel(f"{point} input", fontsize=8)
             if row == len(points) - 1:
                 ax.set_xlabel("optimizer step", fontsize=8)
-    fig.suptitle("Input to each tanh on the probe batch (first seed, inference mode): median, band = 15th–85th "
-                 f"percentile; grey: batch norm's moving averages still warming up (steps < {settled_step})", fontsize=9)
+    title = title or ("Input to each tanh on the probe batch (first seed, inference mode): median, band = 15th–85th "
+                      "percentile")
+    fig.suptitle(f"{title}; grey: batch norm's moving averages still warming up (steps < {settled_step})",
+                 fontsize=9, wrap=True)
     fig.tight_layout()
     save(fig, path)
 

@@ -19,7 +19,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from pipeline.core import store
-from pipeline.compare import conclusions, convergence, diagnostics, lr_grid, results, significance
+from pipeline.compare import conclusions, convergence, diagnostics, lr_grid, recalibration, results, significance
 from pipeline.compare.convergence import Convergence
 from pipeline.compare.lr_grid import LrGrid
 from pipeline.core import paths
@@ -93,7 +93,8 @@ def _environment() -> Environment:
                       lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["fmt"] = format
     env.globals.update(coadaptation_claim=diagnostics.coadaptation_claim,
-                       variance_shift_call=diagnostics.variance_shift_call, pair_evidence=conclusions.pair_evidence)
+                       variance_shift_call=diagnostics.variance_shift_call, pair_evidence=conclusions.pair_evidence,
+                       recalibration_gap=recalibration.gap_line)
     return env
 
 

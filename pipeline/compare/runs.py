@@ -138,6 +138,9 @@ def _diagnostics(diag_dir: Path) -> dict:
         diagnostics["history"] = pd.read_csv(diag_dir / "history.csv")
     if (diag_dir / "fc1_activations.npy").exists():
         diagnostics["fc1_activations"] = np.load(diag_dir / "fc1_activations.npy")
+    if (diag_dir / "recalibrated_predictions.csv").exists():  # networks with batch norm
+        diagnostics["recalibrated_correct"] = (
+            pd.read_csv(diag_dir / "recalibrated_predictions.csv")["correct"].to_numpy().astype(bool))
     return diagnostics
 
 

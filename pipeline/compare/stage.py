@@ -92,7 +92,8 @@ def build_sections(runs: dict[RunKey, RunData], table: pd.DataFrame, tests: pd.D
     any_run = next(iter(runs.values()))
     return report.ReportData(
         table, tests, params, params.mlflow.experiment, report.store_label(uri), names,
-        diagnostics.section(runs, params.variants, figures_dir), n_train=any_run.n_train, n_test=len(any_run.correct),
+        diagnostics.section(runs, params.variants, figures_dir, alpha=params.compare.alpha,
+                            margin=params.compare.equivalence_margin), n_train=any_run.n_train, n_test=len(any_run.correct),
         conclusions=conclusions.judge_runs(runs, tests, params),
         convergence=convergence.section(runs, params, figures_dir),
         lr_grid=lr_grid.section(params, results_dir, uri, table, figures_dir))

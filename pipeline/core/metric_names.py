@@ -50,6 +50,9 @@ CONVERGENCE_ACCURACY = "convergence/test_accuracy"
 # Tags of a training run besides variant and seed.
 TAG_LEARNING_RATE = "learning_rate"
 TAG_LR_GRID = "lr_grid"          # "true" on a learning-rate grid training
+# Which part of the study a training run belongs to: the study's matrix at params.yaml's rate, or the grid.
+TAG_PART = "part"
+PART_STUDY, PART_LR_GRID = "study", "lr_grid"
 TAG_DIVERGED = "diverged"        # "true" when the training loss diverged (pipeline.train.callbacks.DIVERGED_LOSS)
 DIVERGED_AT_STEP = "timing/diverged_at_step"
 

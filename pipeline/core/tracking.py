@@ -28,6 +28,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Callable, TypeVar
 
 from pipeline.core import paths, store, ui_view
@@ -83,21 +84,16 @@ def shared_write(write: Callable[[], T], uri: str | None = None) -> T:
     raise AssertionError("unreachable")
 
 
-def _experiment(client, name: str, uri: str):
+def _experiment(client, name: str, uri: str, variants: Sequence[str]):
     """The experiment ``name``, created (with the study's tags) when missing; tags brought up to date."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         client.create_experiment(name, artifact_location=store.default_artifact_location(uri),
-                                 tags={**ui_view.experiment_tags(), ui_view.DESCRIPTION_TAG: ui_view.DESCRIPTION})
+                                 tags={**ui_view.experiment_tags(variants), ui_view.DESCRIPTION_TAG: ui_view.DESCRIPTION})
         return client.get_experiment_by_name(name)
     if exp.lifecycle_stage != "deleted":
-        # An experiment made before these tags, or by an older version of them, gets them now;
-        # a description someone wrote stays.
-        described = ui_view.DESCRIPTION_TAG in exp.tags
-        wanted = {**ui_view.experiment_tags(), **({} if described else {ui_view.DESCRIPTION_TAG: ui_view.DESCRIPTION})}
-        for key, value in wanted.items():
-            if exp.tags.get(key) != value:
-                client.set_experiment_tag(exp.experiment_id, key, value)
+        for key, value in ui_view.tags_to_update(exp.tags, variants).items():
+            client.set_experiment_tag(exp.experiment_id, key, value)
     return exp
 
 
@@ -110,8 +106,9 @@ def check_store(uri: str) -> None:
         store_faults.check_sqlite(db)
 
 
-def prepare_experiment(name: str, uri: str | None = None) -> str:
-    """Check the store, create it and the experiment once, and return the experiment id."""
+def prepare_experiment(name: str, uri: str | None = None, variants: Sequence[str] = ()) -> str:
+    """Check the store, create it and the experiment once, and return the experiment id. ``variants``
+    (the study's, from params.yaml) are the groups the study's saved view shows closed."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -121,7 +118,7 @@ def prepare_experiment(name: str, uri: str | None = None) -> str:
     check_store(uri)
     mlflow.set_tracking_uri(uri)
     try:
-        exp = shared_write(lambda: _experiment(mlflow.MlflowClient(uri), name, uri), uri)
+        exp = shared_write(lambda: _experiment(mlflow.MlflowClient(uri), name, uri, variants), uri)
     except MlflowException as exc:
         raise UserError(f"MLflow store {store.redact(uri)} failed: {str(exc).splitlines()[0]}") from None
     if exp.lifecycle_stage == "deleted":
@@ -274,8 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def ui() -> None:
-        name = Params.load(args.params).mlflow.experiment
-        url = ui_view.ui_url(args.base, prepare_experiment(name))
+        params = Params.load(args.params)
+        name = params.mlflow.experiment
+        url = ui_view.ui_url(args.base, prepare_experiment(name, variants=list(params.variants)))
         print(f"The study '{name}' in {store.redact(store.tracking_uri())}: open\n  {url}",
               flush=True)
 
@@ -284,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
 
         from pipeline.core import run_guard
 
-        experiment_id = prepare_experiment(Params.load(args.params).mlflow.experiment)
+        params = Params.load(args.params)
+        experiment_id = prepare_experiment(params.mlflow.experiment, variants=list(params.variants))
         for line in run_guard.stale(mlflow.MlflowClient(store.tracking_uri()), [experiment_id], args.close):
             print(line, flush=True)
 

@@ -117,7 +117,7 @@ def sweep(*, address: str | None = None, cpus: float = 1.0, gpus: float = 0.0, r
         ips = check_store_reaches_cluster(uri)
         if not any(n["Resources"].get("CPU", 0) >= cpus for n in ray.nodes() if n["Alive"]):
             raise UserError(f"no node of the Ray cluster has {cpus:g} CPUs for one training; lower --cpus")
-        experiment_id = tracking.prepare_experiment(params.mlflow.experiment, uri)
+        experiment_id = tracking.prepare_experiment(params.mlflow.experiment, uri, list(params.variants))
         client = mlflow.MlflowClient(uri)
         summary = json.loads(paths.DATA_SUMMARY.read_text())
         digests = {split: summary[split]["digest"] for split in ("train", "test")}

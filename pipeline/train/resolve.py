@@ -94,7 +94,8 @@ def resolve(variant: str, seed: int, params: Params, prepared: Path | None,
     spec = params.variant(variant)
     if not 0 <= seed < MAX_SEED:
         raise UserError(f"--seed = {seed} is invalid: must be from 0 to {MAX_SEED - 1}")
-    experiment_id = tracking.prepare_experiment(params.mlflow.experiment)  # a store that is down fails first
+    experiment_id = tracking.prepare_experiment(params.mlflow.experiment,  # a store that is down fails first
+                                                variants=list(params.variants))
     prepared = prepared or paths.PREPARED
     if not prepared_data.exists(prepared):
         raise UserError(f"no prepared data in {prepared}; run `dvc repro normalize` (or `python -m pipeline.data`, "
@@ -106,7 +107,8 @@ def resolve(variant: str, seed: int, params: Params, prepared: Path | None,
 
 def run_tags(setup: TrainSetup, dvc_stage: str) -> dict[str, str]:
     tags = {"variant": setup.spec.name, "seed": str(setup.seed), "git_commit": git_commit(),
-            "dvc_stage": dvc_stage, "tracking_store": store.redact(store.tracking_uri())}
+            "dvc_stage": dvc_stage, "tracking_store": store.redact(store.tracking_uri()),
+            metric_names.TAG_PART: metric_names.PART_LR_GRID if setup.grid_rate is not None else metric_names.PART_STUDY}
     if setup.grid_rate is not None:
         tags.update({metric_names.TAG_LR_GRID: "true", metric_names.TAG_LEARNING_RATE: f"{setup.grid_rate:g}"})
     if os.environ.get("DVC_EXP_NAME"):

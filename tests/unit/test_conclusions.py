@@ -193,3 +193,46 @@ def test_a_description_too_long_for_mlflow_is_cut_at_a_line_with_a_pointer():
     kept = short[:-len(CUT_NOTE)]
     assert text.startswith(kept + "\n") and all(len(line) == 9 for line in kept.splitlines())  # whole lines only
     assert len(kept.splitlines()) == (8000 - len(CUT_NOTE)) // 10
+
+
+def _recalibrated(variant: str, seed: int, correct: np.ndarray, after: np.ndarray | None) -> RunData:
+    run = _data(variant, seed, correct)
+    run.diagnostics = {"summary": {"coadaptation_fc1": 0.3, "recalibration": {"images": 500, "coadaptation_fc1": 0.2}}}
+    if after is not None:
+        run.diagnostics["recalibrated_correct"] = after
+    return run
+
+
+def test_recalibration_change_and_gaps_are_judged_over_seeds_and_images(runs):
+    from pipeline.compare import recalibration as RC
+
+    # "with" (dropout + BN) is base as trained and better after re-estimation; "without" (BN alone) is better
+    # as trained and changes by two images after re-estimation on every seed (the control: equivalent).
+    by_variant = {"with": [], "without": [], "plain": []}
+    for s in SEEDS:
+        control = runs[("better", s)].correct.copy()
+        control[np.flatnonzero(control)[:2]] = False
+        by_variant["with"].append(_recalibrated("with", s, runs[("base", s)].correct, runs[("better", s)].correct))
+        by_variant["without"].append(_recalibrated("without", s, runs[("better", s)].correct, control))
+        by_variant["plain"].append(_recalibrated("plain", s, runs[("base", s)].correct, None))  # no batch norm
+    rows, gaps = RC.section(by_variant, [("with", "without"), ("with", "plain")], alpha=0.05, margin=0.001)
+    assert [r.variant for r in rows] == ["with", "without"]
+    with_row, control_row = rows
+    expected = np.mean(ACCURACY["better"]) - np.mean(ACCURACY["base"])
+    assert with_row.change.estimate == pytest.approx(expected, abs=1e-4)
+    assert with_row.change.verdict == evidence.POSITIVE and RC.WORDS[with_row.change.verdict] == "recovers accuracy"
+    assert control_row.change.verdict == evidence.EQUIVALENT
+    assert control_row.change.estimate == pytest.approx(-2 / N_TEST)
+    # Holm over the two: the smaller p is judged at alpha / 2.
+    assert sorted(r.change.alpha for r in rows) == [0.025, 0.05]
+    assert (with_row.images, with_row.coadaptation_before, with_row.coadaptation_after) == (500, pytest.approx(0.3),
+                                                                                         pytest.approx(0.2))
+    # The gap to the counterpart as trained: "without" better before; after re-estimation "with" matches it.
+    (gap,) = [g for g in gaps if g.without == "without"]
+    assert gap.before.verdict == evidence.NEGATIVE
+    assert gap.after.estimate == 0.0
+    assert "closes 100% of the gap" in RC.gap_line(gap)
+    numbers = RC.metrics(rows, gaps)
+    assert numbers["recalibration"]["with"]["verdict"] == "positive"
+    table = RC.table(rows)
+    assert "recovers accuracy" in table and "no change (equivalent)" in table and "0.300 → 0.200" in table
