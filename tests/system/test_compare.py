@@ -46,8 +46,8 @@ PAIRS = [["bn_hidden", "dropout"], ["bn_hidden", "bn_all"]]
 # the notebook's pairs, then those the claims rest on (CLAIMS below), then every variant against the control
 EXPECTED_PAIRS = [("bn_hidden", "dropout"), ("dropout", "plain"), ("bn_hidden", "plain")]
 FIGURES = {"curves.png", "accuracy.png", "bn_parameters.png", "convergence.png", "covariate_shift.png",
-           "coadaptation.png", "variance_shift.png"}
-DIAGNOSTICS_FIGURES = {"covariate_shift.png", "coadaptation.png", "variance_shift.png"}
+           "covariate_shift_unit.png", "coadaptation.png", "variance_shift.png"}
+DIAGNOSTICS_FIGURES = {"covariate_shift.png", "covariate_shift_unit.png", "coadaptation.png", "variance_shift.png"}
 # Claims the three trained variants can judge, and one they cannot (bn_all is not trained).
 CLAIMS = [{"claim": "Batch norm beats dropout.", "holds_if": [["bn_hidden", "dropout"]]},
           {"claim": "Dropout beats the control.", "holds_if": [["dropout", "plain"]]},
@@ -337,11 +337,16 @@ def test_each_run_logs_its_diagnostics(study):
     diag = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="diagnostics", dst_path=str(dst),
                                                     tracking_uri=study.uri))
     assert {p.name for p in diag.iterdir()} == {"history.csv", "summary.json", "covariate_shift.png",
-                                                "fc1_activations.npy"}
+                                                "fc1_activations.npy", "recalibrated_predictions.csv"}
+    # a network with batch norm is tested again after BN re-estimation: one 0/1 per test image
+    again = pd.read_csv(diag / "recalibrated_predictions.csv")["correct"]
+    assert len(again) == TEST_LIMIT and set(again.unique()) <= {0, 1}
     steps = -(-TRAIN_LIMIT // study.params["train"]["batch_size"]) * study.params["train"]["epochs"]
     history = pd.read_csv(diag / "history.csv")
     assert history["step"].tolist() == list(range(steps + 1))  # every step, and the end of training
-    points = ["conv1_bn", "conv1_tanh", "conv2_bn", "conv2_tanh", "conv3_bn", "conv3_tanh", "fc1_bn", "fc1_tanh"]
+    # the pooled points, then one typical unit (unit 0 of fc1's tanh input) as Ioffe & Szegedy's Fig. 1 shows
+    points = ["conv1_bn", "conv1_tanh", "conv2_bn", "conv2_tanh", "conv3_bn", "conv3_tanh", "fc1_bn", "fc1_tanh",
+              "fc1_tanh_unit0"]
     assert list(history.columns) == ["step"] + [f"{p}.{s}" for p in points for s in ("p15", "p50", "p85", "mean",
                                                                                        "log_std")]
     for key in ("conv2_tanh.p15", "fc1_bn.p85", "conv1_tanh.log_std"):

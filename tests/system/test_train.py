@@ -306,7 +306,11 @@ def test_the_experiment_opens_as_model_development_with_the_study_view(env):
     assert tracking.prepare_experiment("test-old-experiment") == old
     tags = env.client.get_experiment(old).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development" and tags["mlflow.note.content"] == "mine"
-    assert json.loads(tags["mlflow.sharedViewState.study"]) == view
+    # without the variants the view cannot name their groups; a training (which knows them) closes each one
+    assert json.loads(tags["mlflow.sharedViewState.study"]) == {**view, "groupsExpanded": {}}
+    tracking.prepare_experiment("test-old-experiment", variants=["plain", "bn_all"])
+    assert json.loads(env.client.get_experiment(old).tags["mlflow.sharedViewState.study"]) == {
+        **view, "groupsExpanded": {"tag.variant.plain": False, "tag.variant.bn_all": False}}
 
 
 def test_dataset_inputs(bn_all):
@@ -620,7 +624,8 @@ def test_convergence_is_measured_every_k_steps_and_leaves_training_unchanged(env
 
 
 def test_each_diagnostic_can_be_switched_off(env):
-    run, files = _train_with_diagnostics(env, "coad-only", covariate_shift=False, variance_shift=False)
+    run, files = _train_with_diagnostics(env, "coad-only", covariate_shift=False, variance_shift=False,
+                                         recalibration=False)
     metrics = run.data.metrics
     assert not [k for k in metrics if k.startswith(("diagnostics/covariate_shift/", "diagnostics/variance_shift/"))]
     assert files == {"diagnostics/summary.json", "diagnostics/fc1_activations.npy"}
@@ -633,9 +638,11 @@ def test_each_diagnostic_can_be_switched_off(env):
     metrics = run.data.metrics
     assert not [k for k in metrics if k.startswith("diagnostics/coadaptation")]
     assert {"diagnostics/covariate_shift/conv1_tanh/p50", "diagnostics/variance_shift/fc1_bn"} <= set(metrics)
-    assert files == {"diagnostics/summary.json", "diagnostics/history.csv", "diagnostics/covariate_shift.png"}
+    assert files == {"diagnostics/summary.json", "diagnostics/history.csv", "diagnostics/covariate_shift.png",
+                     "diagnostics/recalibrated_predictions.csv"}
 
-    for name, switches in (("all-off", {"covariate_shift": False, "coadaptation": False, "variance_shift": False}),
+    for name, switches in (("all-off", {"covariate_shift": False, "coadaptation": False, "variance_shift": False,
+                                         "recalibration": False}),
                            ("master-off", {"enabled": False})):
         run, files = _train_with_diagnostics(env, name, **switches)
         assert files == set(), name

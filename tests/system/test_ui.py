@@ -1,7 +1,8 @@
 """`mlflow ui` as a user meets it, in a real headless Chromium: a tracking server on loopback over
-a store made by the real training code on the fixture data. The runs table shows variant, seed
-and test accuracy, best first; a run's charts start with the per-epoch accuracy; a model's page
-is named for its variant and carries its test accuracy.
+a store made by the real training code on the fixture data (two variants × two seeds, and one
+learning-rate grid run). The study's view shows one row per variant, its test accuracy averaged
+over the seeds, and leaves the grid run out; a run's charts start with the per-epoch accuracy; a
+model's page is named for its variant and carries its test accuracy.
 
 Needs Debian's ``chromium`` and Playwright for Python (the test extra; see tools/ui_screenshots.py).
 Under CI as root the test installs ``chromium`` from Debian's packages itself; elsewhere it is
@@ -26,6 +27,7 @@ from tools import ui_screenshots as ui
 pytestmark = pytest.mark.slow
 EXPERIMENT = "test-study"
 VARIANTS = ("plain", "bn_hidden")
+SEEDS = (0, 1)
 
 
 def _ensure_chromium() -> None:
@@ -60,14 +62,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, prepared_fixture):
-    """Two trainings into a fresh store (while the server starts), and the server's address."""
+    """Two variants × two seeds and one grid run into a fresh store (while the server starts); the
+    server's address, the experiment and {variant: {seed: TrainResult}}."""
     _require_browser()
     from pipeline.train.stage import train
 
     root = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{root}/mlflow.db"
     params_path = root / "params.yaml"
-    params_path.write_text(yaml.safe_dump(tiny_params(train_limit=300, test_limit=200)))
+    params = tiny_params(train_limit=300, test_limit=200)
+    params["lr_grid"]["validation_images"] = 100
+    params_path.write_text(yaml.safe_dump(params))
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as mp:
@@ -81,7 +86,9 @@ def served(tmp_path_factory, prepared_fixture):
                                   stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "wb"),
                                   start_new_session=True)
         try:
-            results = {v: train(v, 0, params_path=params_path, prepared=prepared_fixture) for v in VARIANTS}
+            results = {v: {s: train(v, s, params_path=params_path, prepared=prepared_fixture) for s in SEEDS}
+                       for v in VARIANTS}
+            train("plain", 0, params_path=params_path, prepared=prepared_fixture, grid_rate=0.1)  # part = lr_grid
             deadline = time.monotonic() + 120
             while True:
                 try:
@@ -114,7 +121,7 @@ def _row_texts(page) -> list[str]:
     return [" ".join(parts).replace("\n", " ") for _, parts in sorted(rows.items(), key=lambda kv: int(kv[0]))]
 
 
-def test_the_runs_table_shows_variant_seed_and_test_accuracy_best_first(served, page):
+def test_the_study_view_shows_one_row_per_variant_with_its_mean_test_accuracy(served, page):
     base, experiment_id, results = served
     ui.open_runs(page, base, experiment_id)
     assert "workflowType=machine_learning" in page.url
@@ -122,26 +129,25 @@ def test_the_runs_table_shows_variant_seed_and_test_accuracy_best_first(served, 
     for header in (metric_names.TEST_ACCURACY, metric_names.TEST_LOSS, "variant", "seed"):
         assert page.get_by_role("columnheader", name=header).count() >= 1, header
     body = page.inner_text("body")
-    best_first = sorted(results.values(), key=lambda r: -r.metrics["test_accuracy"])
-    positions = []
-    for r in best_first:
-        name = f"{r.record['variant']}-s0"
-        assert name in body
-        positions.append(body.index(name))
-        # the table shows the metric's value (as many digits as fit; at least the first three)
-        assert f"{r.metrics['test_accuracy']:.17g}"[:4] in body
-    assert positions == sorted(positions), "best test accuracy first"
-    rows = [t for t in _row_texts(page) if "-s0" in t]
-    assert len(rows) == len(VARIANTS), rows
-    for row, r in zip(rows, best_first):  # each row: its run, variant, seed and test accuracy, best first
+    assert "Group by: variant" in body
+    # the study's runs only: the grid run (part = lr_grid) is filtered out
+    assert f"{len(VARIANTS) * len(SEEDS)} matching runs" in body
+    rows = _row_texts(page)
+    assert len(rows) == len(VARIANTS), rows  # groups closed: one row per variant, no run rows
+    for variant in VARIANTS:
+        row = next(r for r in rows if f"Group: {variant} " in r + " ")
         words = row.split()
-        assert f"{r.record['variant']}-s0" in words and r.record["variant"] in words and "0" in words, row
-        assert any(w.startswith(f"{r.metrics['test_accuracy']:.17g}"[:4]) for w in words), row
+        assert words[words.index(variant) + 1] == str(len(SEEDS)), row  # the group's run count
+        mean = sum(results[variant][s].metrics["test_accuracy"] for s in SEEDS) / len(SEEDS)
+        averages = [float(w) for w, nxt in zip(words, words[1:]) if nxt == "(average)"]
+        assert averages and averages[0] == pytest.approx(mean, abs=1e-6), row  # first metric column: test accuracy
+    # the other variant's runs are not shown as rows of their own
+    assert not [r for r in rows if "-s0" in r or "-s1" in r], rows
 
 
 def test_a_run_shows_its_accuracy_before_its_diagnostics(served, page):
     base, experiment_id, results = served
-    run = results["bn_hidden"]
+    run = results["bn_hidden"][0]
     ui.open_run_metrics(page, base, experiment_id, run.run_id)
     sections = ui.section_titles(page)
     assert sections[0] == metric_names.EPOCH_GROUP, sections
@@ -155,7 +161,7 @@ def test_a_run_shows_its_accuracy_before_its_diagnostics(served, page):
 
 def test_a_model_page_is_named_for_its_variant_with_its_test_accuracy(served, page):
     base, experiment_id, results = served
-    run = results["bn_hidden"]
+    run = results["bn_hidden"][0]
     ui.open_model(page, base, experiment_id, run.model_id)
     body = page.inner_text("body")
     assert "lenet5-bn_hidden-s0" in body
