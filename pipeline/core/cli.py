@@ -1,7 +1,7 @@
 """How a stage runs from the command line: one-line errors and clean interrupts.
 
 In: a stage's ``main`` body (a callable).
-Out: exit status 0, 2 (a ``UserError``: its message on stderr, no traceback) or 130
+Out: exit status 0, 2 (a ``UserError``, or a disk that filled up: one line on stderr, no traceback) or 130
 (SIGINT or SIGTERM). SIGTERM becomes ``KeyboardInterrupt`` so clean-up (temporary
 files, the MLflow run's status) happens for ``kill`` as it does for Ctrl-C. Also the
 command-line numbers of the training stage (``--seed``, ``--epochs`` …), checked the same way.
@@ -82,6 +82,13 @@ def run_main(body: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:  # a full disk is the user's to fix, not a traceback; anything else is a bug
+        from pipeline.core.store_faults import disk_full
+
+        if (message := disk_full(exc)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 # --- Command-line numbers: ``mlflow run`` passes every parameter, unset ones as "" ------------

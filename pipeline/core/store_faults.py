@@ -4,15 +4,19 @@ In: the path of a SQLite store (``mlflow.db``) and an experiment's artifact loca
 Out: ``check_sqlite(db)`` and ``check_artifacts(location)`` return nothing, or raise a ``UserError``
 naming the store and what to do: a damaged (e.g. truncated) or foreign file, a store written by a newer
 MLflow, a read-only file or directory, a store another process keeps locked, an artifact folder that
-cannot be written. A server's
-faults are the server's to report (``pipeline.core.store.check_server``).
+cannot be written, or (for a location a tracking server serves, ``mlflow-artifacts:``) one the server
+cannot write. A server that does not answer is ``pipeline.core.store.check_server``'s to report.
+``disk_full(exc)`` is the one line for a disk that fills up while a training logs (None for any other
+error); ``pipeline.core.cli.run_main`` prints it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import tempfile
+import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -111,8 +115,59 @@ def check_artifacts(location: str | None) -> None:
     if not location:
         return
     parsed = urlparse(location)
+    if parsed.scheme == "mlflow-artifacts":
+        check_served_artifacts(location)
+        return
     if parsed.scheme not in ("", "file"):
-        return  # a server, or cloud storage: checked by whoever serves it
+        return  # cloud storage: its credentials and permissions are its own to report
     folder = Path(unquote(parsed.path))
     check_writable_dir(folder, "MLflow artifact location", "make it writable (or move away whatever file is "
                        "there), or point MLFLOW_TRACKING_URI at a store whose artifacts can be written")
+
+
+def check_served_artifacts(location: str) -> None:
+    """A tracking server stores a probe file at ``location`` (then deletes it). MLflow's HTTP retries are
+    off for the probe: an answer such as "500: cannot write" is the fault itself, not an outage to wait out
+    (with them, a training would find it only after about five minutes of retries, at its first artifact)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        repo = get_artifact_repository(location.rstrip("/") + "/.write-check")
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = Path(tmp) / f"{uuid.uuid4().hex}.txt"
+            probe.write_text("written before training to check that the artifact store takes files\n")
+            repo.log_artifact(str(probe))
+        try:
+            repo.delete_artifacts(probe.name)
+        except Exception:  # noqa: BLE001 - a server without deletion keeps a 70-byte file; training can go on
+            pass
+    except Exception as exc:  # noqa: BLE001 - whatever the server answered, it did not store the file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"MLflow artifact location {location} cannot be written through the tracking server "
+                        f"({reason}); check that the server's --artifacts-destination is a writable folder "
+                        "(see its log), or point MLFLOW_TRACKING_URI at another store") from None
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved
+
+
+def disk_full(exc: BaseException | None) -> str | None:
+    """The one line for a full disk met while logging: an ``OSError`` ENOSPC anywhere in ``exc``'s chain
+    (MLflow wraps some), or SQLite's "database or disk is full"; None for any other error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            target = exc.filename2 or exc.filename  # a copy's error names its source first, its target second
+            where = f" {target}" if target else ""
+            return (f"the disk filled up while writing{where} (No space left on device); free space there and "
+                    "rerun; the run ended FAILED and no record was written")
+        if "database or disk is full" in str(exc):
+            return ("the disk holding the MLflow store filled up (SQLite: database or disk is full); free space "
+                    "there and rerun; no record was written")
+        exc = exc.__cause__ or exc.__context__
+    return None

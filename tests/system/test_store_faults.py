@@ -2,7 +2,8 @@
 and a study shared between two clones through a tracking server and a DVC remote.
 
 With the real thing (no mocks): a truncated, foreign or newer-schema ``mlflow.db``, a read-only store
-directory, a store locked by another process, an artifact location that cannot be written, a server
+directory, a store locked by another process, an artifact location that cannot be written (a local
+folder, or one behind a tracking server), a disk that fills up while a training logs, a server
 stopped for 20 s and one lost for longer than MLflow's retries. Part one is ``test_operations.py``.
 """
 from __future__ import annotations
@@ -115,6 +116,51 @@ def test_an_artifact_location_that_cannot_be_written_is_one_line_before_training
     assert error.startswith(f"error: MLflow artifact location {tmp_path / 'store' / 'mlruns'} cannot be written"), error
     assert "epoch" not in proc.stdout
     assert all_runs(mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])) == []
+
+
+def test_an_artifact_store_the_server_cannot_write_is_one_line_before_training(tmp_path):
+    """A tracking server whose --artifacts-destination is a file: the server answers, but cannot store an
+    artifact. Found by a probe file before training (MLflow's retries off for it), not after about five
+    minutes of retries at the training's first artifact."""
+    (tmp_path / "server").mkdir()
+    (tmp_path / "server" / "artifacts").write_text("a file where the server's artifact folder belongs\n")
+    with mlflow_server(tmp_path / "server", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}") as url:
+        project, env = prepared_project(tmp_path, tiny_params(**SMALL), MLFLOW_TRACKING_URI=url)
+        env.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)  # MLflow's defaults: the probe must not wait them out
+        started = time.monotonic()
+        proc = run(train_cmd("plain", "--record", "results/plain-s0"), project, env, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert time.monotonic() - started < 120
+        error = one_line_error(proc.stderr)
+        assert error.startswith("error: MLflow artifact location mlflow-artifacts:/") and \
+            "cannot be written through the tracking server" in error and "--artifacts-destination" in error, error
+        assert "epoch" not in proc.stdout and not (project / "results" / "plain-s0").exists()
+        assert all_runs(mlflow.MlflowClient(url)) == []
+
+
+def test_a_disk_that_fills_up_while_logging_is_one_line_and_the_run_ends_failed(tmp_path):
+    """The artifact folder on a 1 MiB tmpfs (mounted in a mount namespace of the training's own,
+    ``unshare -rm``): the model does not fit. One line naming the file, exit 2, the run FAILED, no record;
+    the same training with space again finishes."""
+    if not can_mount_read_only():
+        pytest.skip("`unshare -rm` is not permitted here: cannot mount a small filesystem")
+    project, env = prepared_project(tmp_path, tiny_params(**SMALL))
+    artifacts = tmp_path / "store" / "mlruns"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    script = f'mount -t tmpfs -o size=1m tmpfs "{artifacts}" && exec "$@"'
+    proc = run(["unshare", "-rm", "sh", "-c", script, "sh", *train_cmd("plain", "--record", "results/plain-s0")],
+               project, env, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = one_line_error(proc.stderr)
+    assert error.startswith(f"error: the disk filled up while writing {artifacts}/") and \
+        "(No space left on device); free space there and rerun" in error, error
+    assert "epoch 1/" in proc.stdout  # found while logging, after training
+    assert not (project / "results" / "plain-s0").exists()
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert [r.info.status for r in all_runs(client)] == ["FAILED"]
+    again = run(train_cmd("plain", "--record", "results/plain-s0"), project, env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(r.info.status for r in all_runs(client)) == ["FAILED", "FINISHED"]
 
 
 LOCKER = r"""
