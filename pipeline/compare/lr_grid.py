@@ -5,7 +5,8 @@ In: the learning-rate grid's runs (``pipeline.compare.runs.GridRun``: final vali
 and whether the training diverged) by variant, seed and rate.
 Out: ``summary(runs)`` (a row per variant and rate: validation accuracy mean, min and max over
 seeds, diverged seeds, test accuracy mean and std); ``best_rates(summary)`` (each variant's best
-rate, chosen on validation metrics only); ``ranking(...)``; ``figure(...)``; ``metrics(...)`` for
+rate, chosen on validation metrics only); ``ranking(...)``; ``ranking_line(grid)`` (whether the ranking
+changes, as far as the comparisons at the best rates show); ``figure(...)``; ``metrics(...)`` for
 ``reports/metrics.json``.
 
 The best rate of a variant is the one with the highest mean validation accuracy over seeds among
@@ -102,6 +103,33 @@ def best_rates(table: pd.DataFrame) -> dict[str, float | None]:
 def ranking(accuracy: dict[str, float]) -> list[str]:
     """Variants by mean test accuracy, best first (ties keep the given order)."""
     return sorted(accuracy, key=lambda v: -accuracy[v])
+
+
+def reversals(study_order: list[str], best_order: list[str], tests: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """Each pair whose order at the best rates is the reverse of the study's, as (now higher, now lower,
+    the verdict of their comparison at the best rates; "not compared" when the tests lack the pair)."""
+    study_rank = {variant: i for i, variant in enumerate(study_order)}
+    out = []
+    for i, high in enumerate(best_order):
+        for low in best_order[i + 1:]:
+            if high in study_rank and low in study_rank and study_rank[high] > study_rank[low]:
+                rows = tests[tests["a"].isin([high, low]) & tests["b"].isin([high, low])] if len(tests) else tests
+                out.append((high, low, rows["call"].iloc[0] if len(rows) else "not compared"))
+    return out
+
+
+def ranking_line(grid: "LrGrid") -> str:
+    """Whether the ranking changes, said only as far as the comparisons at the best rates carry it."""
+    if grid.study_order == grid.best_order:
+        return "The ranking holds."
+    pairs = reversals(grid.study_order, grid.best_order, grid.significance)
+    told = "; ".join(f"{high} over {low} ({call})" for high, low, call in pairs)
+    shown = [(high, low) for high, low, call in pairs if call == f"{high} better"]
+    if shown:
+        return (f"The means' order changes ({told}): the ranking changes, shown by "
+                + ", ".join(f"{high} over {low}" for high, low in shown) + ".")
+    return (f"The means' order changes ({told}), but no reversed pair is told apart at the best rates: "
+            "a changed ranking is not shown.")
 
 
 def rate_cell(row) -> str:

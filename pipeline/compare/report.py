@@ -94,7 +94,8 @@ def _environment() -> Environment:
     env.filters["fmt"] = format
     env.globals.update(coadaptation_claim=diagnostics.coadaptation_claim,
                        variance_shift_call=diagnostics.variance_shift_call, pair_evidence=conclusions.pair_evidence,
-                       recalibration_gap=recalibration.gap_line)
+                       recalibration_gap=recalibration.gap_line,
+                       ranking_line=lr_grid.ranking_line)
     return env
 
 

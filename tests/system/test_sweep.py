@@ -352,6 +352,7 @@ def test_grid_through_the_ray_sweep_then_dvc_repro_reports_it(tmp_path):
     assert "study's, for 2 epochs instead of 1: the best rates and the ranking at them are for that budget" in section
     assert fine.data.params["train.epochs"] == "2" and study_run.data.params["train.epochs"] == "1"
     assert "the training stopped there): plain-s0-lr1000." in section
+    assert "Each at its best rate: plain. The ranking holds. A reversed pair counts only when" in section
     assert re.search(r"\|\s+1000 \|\s+diverged \(1 of 1 seed\) \|", section), section
     assert re.search(r"\|\s+0\.05 \|\s+\*\*0\.\d{4}\*\* \|", section), section  # the best rate, in bold
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
