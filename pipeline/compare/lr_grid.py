@@ -9,10 +9,11 @@ rate, chosen on validation metrics only); ``ranking(...)``; ``ranking_line(grid)
 changes, as far as the comparisons at the best rates show); ``figure(...)``; ``metrics(...)`` for
 ``reports/metrics.json``.
 
-The best rate of a variant is the one with the highest mean validation accuracy over seeds among
-the rates at which no seed diverged; equal means go to the lower mean validation loss, then to
-the smaller rate, so the choice is the same every time. It never looks at the test images: the
-test accuracy reported for it is read only after the choice.
+The best rate of a variant is chosen by ``pipeline.compare.choice.best_rates`` (the rule the ``choose``
+stage applies): the highest mean validation accuracy over seeds among the rates at which no seed diverged
+or collapsed; equal means go to the lower mean validation loss, then to the smaller rate. It never looks
+at the test images: the test accuracy reported for it is read only after the choice. A best rate at the
+grid's lowest or highest rate is flagged "extend the grid": the optimum may lie beyond it.
 """
 
 from __future__ import annotations
@@ -24,18 +25,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.compare import conclusions, significance
+from pipeline.compare.choice import COLLAPSED_BELOW, SELECTION_COLUMNS, best_rates, edge  # noqa: F401 (the rule)
 from pipeline.compare.runs import GridRun, fetch_grid, fetch_runs, read_records
 from pipeline.compare.tables import markdown_table, plus_minus
 from pipeline.core.figures import palette, pyplot, save
 from pipeline.core.labels import run_label
 from pipeline.core.params import Params
-
-
-SELECTION_COLUMNS = ("variant", "rate", "n_seeds", "n_diverged", "n_collapsed", "validation_accuracy_mean",
-                     "validation_loss_mean")
-# A training that did not meet the divergence rule but ended near chance (10 classes: 0.1) collapsed: it is
-# shown as such and its rate is no candidate for the best, never averaged in silently.
-COLLAPSED_BELOW = 0.2
 
 
 @dataclass(frozen=True)
@@ -80,24 +75,6 @@ def summary(runs: list[GridRun], variants: list[str]) -> pd.DataFrame:
             })
     return pd.DataFrame(rows, columns=[*SELECTION_COLUMNS, "validation_accuracy_min", "validation_accuracy_max",
                                        "test_accuracy_mean", "test_accuracy_std"])
-
-
-def best_rates(table: pd.DataFrame) -> dict[str, float | None]:
-    """Each variant's best learning rate on the validation images (None when every rate diverged).
-
-    Reads only ``SELECTION_COLUMNS``: the test metrics cannot sway the choice.
-    """
-    table = table.loc[:, list(SELECTION_COLUMNS)]
-    best: dict[str, float | None] = {}
-    for variant in dict.fromkeys(table["variant"]):
-        candidates = table[(table["variant"] == variant) & (table["n_diverged"] == 0) & (table["n_collapsed"] == 0)]
-        if candidates.empty:
-            best[variant] = None
-            continue
-        ordered = candidates.sort_values(["validation_accuracy_mean", "validation_loss_mean", "rate"],
-                                         ascending=[False, True, True], kind="stable")
-        best[variant] = float(ordered.iloc[0]["rate"])
-    return best
 
 
 def ranking(accuracy: dict[str, float]) -> list[str]:
@@ -241,7 +218,9 @@ def best_markdown(grid: LrGrid, study: pd.DataFrame, study_rate: float) -> str:
         chosen = grid.at_best[grid.at_best["variant"] == variant]
         picked = grid.summary[(grid.summary["variant"] == variant) & (grid.summary["rate"] == rate)]
         rows.append({
-            "variant": variant, "best rate": "every rate diverged" if rate is None else f"{rate:g}",
+            "variant": variant, "best rate": "every rate diverged" if rate is None else f"{rate:g}" + (
+                f" (the grid's {end}: extend the grid)"
+                if (end := edge(rate, list(grid.summary.loc[grid.summary["variant"] == variant, "rate"]))) else ""),
             "validation acc. there": "–" if picked.empty else f"{picked['validation_accuracy_mean'].iloc[0]:.4f}",
             "test acc. there": "–" if chosen.empty else plus_minus(chosen["test_accuracy_mean"].iloc[0],
                                                                   chosen["test_accuracy_std"].iloc[0],
