@@ -126,10 +126,6 @@ def choose(variant: str, seeds: list[int], rates: list, epochs: int, validation_
             "candidates": table.drop(columns="variant").to_dict(orient="records"), "reason": reason}
 
 
-def chosen_path(variant: str, results: Path = paths.RESULTS) -> Path:
-    return results / "chosen" / f"{variant}.json"
-
-
 def write(choice: dict, path: Path) -> None:
     """The file appears whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         grid = params.lr_grid
         choice = choose(args.variant, params.seeds, grid.learning_rates, grid.epochs or params.train.epochs,
                         grid.validation_images)
-        write(choice, chosen_path(args.variant))
+        write(choice, paths.chosen_file(args.variant))
         where = f" (at the grid's {choice['at_edge']} rate: extend the grid)" if choice["at_edge"] else ""
         rate = choice["learning_rate"]
         print(f"chose {args.variant}: learning rate {'none' if rate is None else f'{rate:g}'}{where}; {choice['reason']}")

@@ -2,15 +2,15 @@
 
 In: a raw value read from YAML.
 Out: the clean value (``PositiveInt``, ``Rate`` …), or a pydantic error of type ``rule``
-whose context holds the rule's wording (``must be > 0``), which ``pipeline.core.params`` turns
-into one line naming the field.
+whose context holds the rule's wording (``must be > 0``); ``one_line(error)`` turns the first
+problem of a validation into the one line ``pipeline.core.params`` raises, naming the field.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Callable
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, ValidationError
 from pydantic_core import PydanticCustomError
 
 def _rule(check: Callable[[Any], Any]) -> BeforeValidator:
@@ -119,6 +119,12 @@ def _seeds(value: Any) -> list[int]:
     return value
 
 
+def _optional_seeds(value: Any) -> list[int]:
+    if value is None or value == []:
+        return []
+    return _seeds(value)
+
+
 def _learning_rates(value: Any) -> list[float | int]:
     if not isinstance(value, list):
         raise ValueError("must be a list of learning rates, e.g. [0.003, 0.01, 0.03, 0.1]; [] for no grid")
@@ -139,7 +145,34 @@ Limit = Annotated[int | None, _rule(_optional_limit)]
 Name = Annotated[str, _rule(_name)]
 Pair = Annotated[tuple[str, str], _rule(_pair)]
 Seeds = Annotated[list[int], _rule(_seeds)]
+OptionalSeeds = Annotated[list[int], _rule(_optional_seeds)]
 LearningRates = Annotated[list[float | int], _rule(_learning_rates)]
 Backend = Annotated[str, _rule(_backend)]
 Sources = Annotated[list[str], _rule(_sources)]
 Pins = Annotated[dict[str, str], _rule(_pins)]
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first problem pydantic found, worded the way a user fixes it."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    field = ".".join(loc)
+    kind = first["type"]
+    if kind == "missing":
+        parent = loc[:-1]
+        names = sorted(str(e["loc"][-1]) for e in errors
+                       if e["type"] == "missing" and [str(p) for p in e["loc"][:-1]] == parent)
+        if not parent:
+            return f"params.yaml: section '{names[0]}' is missing or is not a mapping"
+        section = ".".join(parent)
+        return f"params: '{section}' is missing {names}; add " + ", ".join(f"'{section}.{n}'" for n in names)
+    if kind == "model_type" and len(loc) == 1:
+        return f"params.yaml: section '{field}' is missing or is not a mapping"
+    if kind == "unknown_fields":
+        return f"params: '{field}' {first['msg']}" if field else f"params.yaml {first['msg']}"
+    if kind in ("variant_type", "no_variants", "fresh_seeds"):
+        return f"params: {first['msg']}"
+    if kind == "rule":
+        return f"params: '{field}' = {first['input']!r} is invalid: {first['ctx']['rule']}"
+    return f"params: '{field}' = {first['input']!r} is invalid: {first['msg'].lower()}"

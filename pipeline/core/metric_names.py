@@ -50,9 +50,10 @@ CONVERGENCE_ACCURACY = "convergence/test_accuracy"
 # Tags of a training run besides variant and seed.
 TAG_LEARNING_RATE = "learning_rate"
 TAG_LR_GRID = "lr_grid"          # "true" on a learning-rate grid training
-# Which part of the study a training run belongs to: the study's matrix at params.yaml's rate, or the grid.
+# Which part of the study a training run belongs to: the study's matrix at params.yaml's rate, the grid, or a
+# confirmation at the variant's tuned rate.
 TAG_PART = "part"
-PART_STUDY, PART_LR_GRID = "study", "lr_grid"
+PART_STUDY, PART_LR_GRID, PART_CONFIRM = "study", "lr_grid", "confirm"
 TAG_DIVERGED = "diverged"        # "true" when the training loss diverged (pipeline.train.callbacks.DIVERGED_LOSS)
 DIVERGED_AT_STEP = "timing/diverged_at_step"
 

@@ -4,7 +4,7 @@ In: the path of a params file (``params.yaml`` at the project root by default), 
 mapping already read from one.
 Out: a frozen ``Params`` with one typed section per stage (``download``, ``normalize``,
 ``mlflow``, ``train``, ``seeds``, ``variants``, ``diagnostics``, ``convergence``, ``lr_grid``,
-``compare``). Every
+``compare``, ``confirm``). Every
 problem becomes a ``UserError`` whose one line names the field and says what is allowed:
 ``params: 'train.epochs' = 0 is invalid: must be > 0``; unknown fields are listed with the
 allowed names; a YAML syntax error carries its line and column.
@@ -21,8 +21,8 @@ from pydantic_core import PydanticCustomError
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
-from pipeline.core.fields import (Backend, Bool, LearningRates, Limit, Name, NonNegativeFloat, Pair, Pins,
-                                  PositiveFloat, PositiveInt, Probability, Rate, Seeds, Sources)
+from pipeline.core.fields import (Backend, Bool, LearningRates, Limit, Name, NonNegativeFloat, OptionalSeeds, Pair,
+                                  Pins, PositiveFloat, PositiveInt, Probability, Rate, Seeds, Sources, one_line)
 
 class Section(BaseModel):
     """A mapping in params.yaml: frozen, unknown keys refused with the allowed ones listed."""
@@ -192,6 +192,14 @@ class CompareSettings(Section):
     interactions: list[Interaction] = []
 
 
+class ConfirmSettings(Section):
+    """Confirmation at the tuned rates (off while ``seeds`` is empty): every variant trains again at the
+    rate its ``choose`` stage picked from the grid, on the full training set, with these seeds (none of
+    the study's, which the grid trained with), everything else as in the study."""
+
+    seeds: OptionalSeeds = []
+
+
 class Params(Section):
     download: DownloadSettings
     normalize: NormalizeSettings
@@ -203,6 +211,7 @@ class Params(Section):
     convergence: ConvergenceSettings = ConvergenceSettings()
     lr_grid: LrGridSettings = LrGridSettings()
     compare: CompareSettings = CompareSettings()
+    confirm: ConfirmSettings = ConfirmSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -223,6 +232,9 @@ class Params(Section):
         # variants list): the report compares the pairs whose variants were trained.
         if not self.variants:
             raise PydanticCustomError("no_variants", "'variants' must name at least one variant", {})
+        if reused := sorted(set(self.confirm.seeds) & set(self.seeds)):
+            raise PydanticCustomError("fresh_seeds", "'confirm.seeds' = {reused} reuses seeds of 'seeds' (the grid's); "
+                                      "confirm on fresh seeds, e.g. [10, 11, 12]", {"reused": reused})
         return self
 
     # --- Reading ---------------------------------------------------------------------------
@@ -235,7 +247,7 @@ class Params(Section):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise UserError(_one_line(exc)) from None
+            raise UserError(one_line(exc)) from None
 
     @classmethod
     def load(cls, path: Path | str = paths.PARAMS) -> "Params":
@@ -272,29 +284,3 @@ class Params(Section):
         for spec in raw["variants"].values():
             spec.pop("name")
         return Params.from_dict(raw)
-
-
-def _one_line(exc: ValidationError) -> str:
-    """The first problem pydantic found, worded the way a user fixes it."""
-    errors = exc.errors()
-    first = errors[0]
-    loc = [str(p) for p in first["loc"]]
-    field = ".".join(loc)
-    kind = first["type"]
-    if kind == "missing":
-        parent = loc[:-1]
-        names = sorted(str(e["loc"][-1]) for e in errors
-                       if e["type"] == "missing" and [str(p) for p in e["loc"][:-1]] == parent)
-        if not parent:
-            return f"params.yaml: section '{names[0]}' is missing or is not a mapping"
-        section = ".".join(parent)
-        return f"params: '{section}' is missing {names}; add " + ", ".join(f"'{section}.{n}'" for n in names)
-    if kind == "model_type" and len(loc) == 1:
-        return f"params.yaml: section '{field}' is missing or is not a mapping"
-    if kind == "unknown_fields":
-        return f"params: '{field}' {first['msg']}" if field else f"params.yaml {first['msg']}"
-    if kind in ("variant_type", "no_variants"):
-        return f"params: {first['msg']}"
-    if kind == "rule":
-        return f"params: '{field}' = {first['input']!r} is invalid: {first['ctx']['rule']}"
-    return f"params: '{field}' = {first['input']!r} is invalid: {first['msg'].lower()}"

@@ -35,3 +35,13 @@ def result_dir(variant: str, seed: int, rate: float | int | None = None, results
     """Where the training stage of one (variant, seed) writes its DVC record; with ``rate``, the
     ``lr_grid`` stage at that learning rate (named, as DVC names the stage, after ``str(rate)``)."""
     return (results if rate is None else results / "lr_grid") / record_name(variant, seed, rate)
+
+
+def confirm_dir(variant: str, seed: int, results: Path = RESULTS) -> Path:
+    """Where the confirmation of one (variant, seed) at its tuned rate writes its DVC record."""
+    return results / "confirm" / record_name(variant, seed)
+
+
+def chosen_file(variant: str, results: Path = RESULTS) -> Path:
+    """The ``choose`` stage's output for one variant: its tuned rate (``pipeline.compare.choice``)."""
+    return results / "chosen" / f"{variant}.json"

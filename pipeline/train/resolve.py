@@ -1,7 +1,8 @@
 """What a training is, resolved and checked before anything is trained or logged.
 
 In: the variant name, the seed, the validated ``Params`` (with command-line overrides applied)
-and, for a point of the learning-rate grid, its rate.
+and, for a point of the learning-rate grid, its rate; for a confirmation, the ``choose`` stage's file
+(``tuned_rate``: the rate the variant was tuned to, ``pipeline.compare.choice`` writes it).
 Out: a ``TrainSetup`` (spec, seed, experiment, data folder and summary, run label), the MLflow
 tags and flat params a run is logged with, and the ``TrainOptions``/``TrainResult`` types the
 stage takes and returns.
@@ -50,10 +51,23 @@ class TrainSetup:
     prepared: Path
     data_summary: dict
     grid_rate: float | None = None  # a learning-rate grid training at this rate (see ``lr_grid`` in params)
+    tuned_rate: float | None = None  # a confirmation at the variant's tuned rate (see ``confirm`` in params)
 
     @property
     def run_name(self) -> str:
+        if self.tuned_rate is not None:
+            return labels.confirm_label(self.spec.name, self.seed)
         return labels.run_label(self.spec.name, self.seed, self.grid_rate)
+
+    @property
+    def part(self) -> str:
+        return (metric_names.PART_LR_GRID if self.grid_rate is not None
+                else metric_names.PART_CONFIRM if self.tuned_rate is not None else metric_names.PART_STUDY)
+
+    @property
+    def registered(self) -> bool:
+        """Only the study's models become versions of the registered model (their aliases are its runs')."""
+        return self.part == metric_names.PART_STUDY
 
     @property
     def model_name(self) -> str:
@@ -88,8 +102,40 @@ def grid_params(params: Params, grid_rate: float | None, overrides: dict | None)
     return params.with_train(grid_train)
 
 
+def tuned_rate(path: Path, variant: str) -> float:
+    """The learning rate the ``choose`` stage picked for ``variant`` (its file: ``--rate-from``)."""
+    how = f"run `dvc repro choose@{variant}` (it needs lr_grid.learning_rates and the grid's trainings)"
+    try:
+        choice = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--rate-from {path}: not found; {how}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"--rate-from {path}: not a chosen-rate file (not JSON); {how}") from None
+    if not isinstance(choice, dict) or choice.get("variant") != variant:
+        found = choice.get("variant") if isinstance(choice, dict) else None
+        raise UserError(f"--rate-from {path} holds the choice for {found!r}, not for {variant!r}")
+    rate = choice.get("learning_rate")
+    if rate is None:
+        raise UserError(f"--rate-from {path}: no rate was chosen for {variant} ({choice.get('reason', 'no reason given')})")
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
+        raise UserError(f"--rate-from {path}: learning_rate = {rate!r} is not a rate > 0; {how}")
+    return float(rate)
+
+
+def tuned_params(params: Params, variant: str, rate_from: Path | None, grid_rate: float | None,
+                 overrides: dict | None) -> tuple[Params, float | None]:
+    """For a confirmation (``--rate-from``): the params at the variant's tuned rate, and that rate."""
+    if rate_from is None:
+        return params, None
+    if grid_rate is not None or (overrides or {}).get("learning_rate") is not None:
+        given = "--grid-rate" if grid_rate is not None else "--learning-rate"
+        raise UserError(f"--rate-from and {given} both set the learning rate; give one of them")
+    rate = tuned_rate(rate_from, variant)
+    return params.with_train({"learning_rate": rate}), rate
+
+
 def resolve(variant: str, seed: int, params: Params, prepared: Path | None,
-            grid_rate: float | None = None) -> TrainSetup:
+            grid_rate: float | None = None, tuned: float | None = None) -> TrainSetup:
     """The variant's spec, the experiment (failing fast when the store is unreachable) and the data."""
     spec = params.variant(variant)
     if not 0 <= seed < MAX_SEED:
@@ -102,15 +148,17 @@ def resolve(variant: str, seed: int, params: Params, prepared: Path | None,
                         "which makes it without DVC) first")
     summary_path = prepared.parent / "summary.json"
     data_summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    return TrainSetup(params, spec, seed, experiment_id, prepared, data_summary, grid_rate)
+    return TrainSetup(params, spec, seed, experiment_id, prepared, data_summary, grid_rate, tuned)
 
 
 def run_tags(setup: TrainSetup, dvc_stage: str) -> dict[str, str]:
     tags = {"variant": setup.spec.name, "seed": str(setup.seed), "git_commit": git_commit(),
             "dvc_stage": dvc_stage, "tracking_store": store.redact(store.tracking_uri()),
-            metric_names.TAG_PART: metric_names.PART_LR_GRID if setup.grid_rate is not None else metric_names.PART_STUDY}
+            metric_names.TAG_PART: setup.part}
     if setup.grid_rate is not None:
         tags.update({metric_names.TAG_LR_GRID: "true", metric_names.TAG_LEARNING_RATE: f"{setup.grid_rate:g}"})
+    if setup.tuned_rate is not None:
+        tags[metric_names.TAG_LEARNING_RATE] = f"{setup.tuned_rate:g}"
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags

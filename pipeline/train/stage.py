@@ -39,7 +39,7 @@ from pipeline.train import steps
 from pipeline.train.artifacts import write_record
 from pipeline.train.inputs import carve_validation, load_data
 from pipeline.train.logged_model import log_model
-from pipeline.train.resolve import TrainOptions, TrainResult, grid_params, resolve, run_tags
+from pipeline.train.resolve import TrainOptions, TrainResult, grid_params, resolve, run_tags, tuned_params
 
 __all__ = ["TrainOptions", "TrainResult", "train", "main"]  # the stage's interface for callers (benchmark, sweep)
 
@@ -47,16 +47,19 @@ __all__ = ["TrainOptions", "TrainResult", "train", "main"]  # the stage's interf
 def train(variant: str, seed: int, *, params: Params | None = None, params_path: Path = paths.PARAMS,
           overrides: dict | None = None, record_dir: Path | None = None, dvc_stage: str = "",
           prepared: Path | None = None, options: TrainOptions = TrainOptions(),
-          grid_rate: float | None = None) -> TrainResult:
+          grid_rate: float | None = None, rate_from: Path | None = None) -> TrainResult:
     """Train one (variant, seed) as one MLflow run; write the DVC record to ``record_dir`` if given.
 
     With ``grid_rate``, one point of the learning-rate grid: that learning rate, trained on the
     training images minus ``lr_grid.validation_images`` of them (fixed by the seed), which are
-    evaluated every epoch; the model is logged but not registered.
+    evaluated every epoch; the model is logged but not registered. With ``rate_from`` (the ``choose``
+    stage's file), a confirmation: the study's training at the variant's tuned rate, run
+    ``<variant>-s<seed>-tuned``, tagged part=confirm, not registered either.
     """
     params = grid_params((params or Params.load(params_path)).with_train(overrides), grid_rate, overrides)
+    params, tuned = tuned_params(params, variant, rate_from, grid_rate, overrides)
     backend.activate(params.train.backend, options.op_determinism)  # before anything imports Keras
-    setup = resolve(variant, seed, params, prepared, grid_rate)
+    setup = resolve(variant, seed, params, prepared, grid_rate, tuned)
     data = load_data(setup.params.train, setup.prepared)
     if grid_rate is not None:
         data = carve_validation(data, setup.params.lr_grid.validation_images, seed)
@@ -71,7 +74,7 @@ def train(variant: str, seed: int, *, params: Params | None = None, params_path:
         probs, diag_seconds = steps.log_outputs(setup, model, data, history, diag)
         model_id = log_model(model, data["x_test"][:2], probs[:2], run.info.run_id, datasets,
                              name=setup.model_name,
-                             registered_name=setup.params.mlflow.experiment if grid_rate is None else None,
+                             registered_name=setup.params.mlflow.experiment if setup.registered else None,
                              alias=setup.run_name, tags={"variant": setup.spec.name, "seed": str(setup.seed)})
     final = history[-1]
     metrics = {"test_loss": final["test_loss"], "test_accuracy": final["test_accuracy"],
@@ -94,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{flag}", default="")
     p.add_argument("--grid-rate", default="", help="train as one point of the learning-rate grid at this rate "
                    "(on the training images minus lr_grid.validation_images of them)")
+    p.add_argument("--rate-from", type=Path, help="train at the learning rate this file holds (the choose stage's "
+                   "results/chosen/<variant>.json): a confirmation at the variant's tuned rate")
     p.add_argument("--record", type=Path, help="directory for the DVC record (record.json, metrics.json, history.csv)")
     p.add_argument("--dvc-stage", default="", help="the DVC stage name, logged as a tag")
     p.add_argument("--params", type=Path, default=paths.PARAMS)
@@ -111,6 +116,6 @@ def main(argv: list[str] | None = None) -> None:
         with tracking.launcher_run_ended(), tracking.server_loss_in_one_line():
             train(args.variant, whole_number("seed", args.seed), overrides=train_overrides(args),
                   record_dir=args.record, dvc_stage=args.dvc_stage, params_path=args.params,
-                  grid_rate=number("grid-rate", args.grid_rate))
+                  grid_rate=number("grid-rate", args.grid_rate), rate_from=args.rate_from)
 
     run_main(body)

@@ -159,8 +159,9 @@ def record(setup: TrainSetup, run_info, metrics: dict, model) -> dict[str, Any]:
 
     grid = {} if setup.grid_rate is None else {"learning_rate": setup.grid_rate,
                                                  "validation_images": setup.params.lr_grid.validation_images}
+    tuned = {} if setup.tuned_rate is None else {"learning_rate": setup.tuned_rate, "part": setup.part}
     return {"run_id": run_info.run_id, "experiment_id": run_info.experiment_id, "variant": setup.spec.name,
-            "seed": setup.seed, **grid,
+            "seed": setup.seed, **grid, **tuned,
             **metrics, "parameters": parameter_counts(model)["total"]}
 
 
