@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.core.labels import record_name
+from pipeline.core.labels import TUNED, record_name
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "params.yaml"
@@ -31,15 +31,12 @@ def store_root() -> Path:
     return Path(dvc_root).resolve() if dvc_root else ROOT
 
 
-def result_dir(variant: str, seed: int, rate: float | int | None = None, results: Path = RESULTS) -> Path:
+def result_dir(variant: str, seed: int, rate: float | int | str | None = None, results: Path = RESULTS) -> Path:
     """Where the training stage of one (variant, seed) writes its DVC record; with ``rate``, the
-    ``lr_grid`` stage at that learning rate (named, as DVC names the stage, after ``str(rate)``)."""
-    return (results if rate is None else results / "lr_grid") / record_name(variant, seed, rate)
-
-
-def confirm_dir(variant: str, seed: int, results: Path = RESULTS) -> Path:
-    """Where the confirmation of one (variant, seed) at its tuned rate writes its DVC record."""
-    return results / "confirm" / record_name(variant, seed)
+    ``lr_grid`` stage at that learning rate (named, as DVC names the stage, after ``str(rate)``); with
+    ``TUNED``, the ``confirm`` stage at the variant's tuned rate."""
+    folder = results if rate is None else results / "confirm" if rate == TUNED else results / "lr_grid"
+    return folder / record_name(variant, seed, rate)
 
 
 def chosen_file(variant: str, results: Path = RESULTS) -> Path:

@@ -2,11 +2,13 @@
 
 In: ``params.yaml``, ``dvc.yaml``/``dvc.lock`` (which ``train@<variant>-<seed>`` stages, and
 ``lr_grid@<variant>-<seed>-<rate>`` stages of a learning-rate grid, are missing or stale, as
-``dvc status`` says), ``MLFLOW_TRACKING_URI`` (or the local SQLite
+``dvc status`` says; then, with ``confirm.seeds``, the ``choose@<variant>`` stages and the stale
+``confirm@<variant>-<seed>`` confirmations at the chosen rates), ``MLFLOW_TRACKING_URI`` (or the local SQLite
 store) and a Ray cluster: ``--address`` or ``RAY_ADDRESS``, else a local one on this machine.
 Out: each stale training run as one Ray task in a fresh worker process
 (``pipeline.sweep.tasks``), logging its MLflow run directly; on this machine the DVC record
-``results/<variant>-s<seed>/`` (``results/lr_grid/<variant>-s<seed>-lr<rate>/``) of each
+``results/<variant>-s<seed>/`` (``results/lr_grid/<variant>-s<seed>-lr<rate>/``,
+``results/confirm/<variant>-s<seed>/``) of each
 finished training, committed to DVC at once
 (``dvc commit`` of its stage), so ``dvc status`` is clean for it and ``dvc repro`` retrains
 nothing. One progress line per finished training. Exit 0 when all finished, 1 when some
@@ -32,8 +34,8 @@ from pipeline.core import tracking
 from pipeline.core.cli import run_main
 from pipeline.core.errors import UserError
 from pipeline.core.params import Params
-from pipeline.sweep.dvc import (all_trainings, commit, fingerprint, repro_prerequisites, signals_deferred,
-                                source_tags, stale_trainings)
+from pipeline.sweep.dvc import (all_trainings, choose_rates, commit, confirms, fingerprint, repro_prerequisites,
+                                signals_deferred, source_tags, stale_trainings)
 from pipeline.sweep.tasks import TAG_STAGE, TAG_SWEEP, Job, run_training
 
 CANCEL_GRACE_S = 15.0
@@ -98,48 +100,65 @@ def close_orphans(client, experiment_id: str, sweep_id: str, stage: str | None =
 
 def sweep(*, address: str | None = None, cpus: float = 1.0, gpus: float = 0.0, retries: int = 3,
           local_cpus: int | None = None, dry_run: bool = False, verbose: bool = False) -> int:
-    import mlflow
-
     params = Params.load(paths.PARAMS)
     uri = store.tracking_uri()
     store.check_server(uri)  # a down server fails here, in seconds, before Ray starts
     repro_prerequisites()
-    todo = stale_trainings(params)
+    todo, later = stale_trainings(params), confirms(params)
     total = len(all_trainings(params))
-    if not todo or dry_run:
+    if (not todo and not later) or dry_run:
         names = ", ".join(labels.stage_name(*t) for t in todo) or "nothing"
-        print(f"{len(todo)} of {total} trainings missing or stale: {names}", flush=True)
+        print(f"{len(todo)} of {total} trainings missing or stale: {names}"
+              + ("; then the confirmations at the rates the grid chooses" if later else ""), flush=True)
         return 0
     connect(address, local_cpus, verbose)
     import ray
 
     try:
-        ips = check_store_reaches_cluster(uri)
-        if not any(n["Resources"].get("CPU", 0) >= cpus for n in ray.nodes() if n["Alive"]):
-            raise UserError(f"no node of the Ray cluster has {cpus:g} CPUs for one training; lower --cpus")
-        experiment_id = tracking.prepare_experiment(params.mlflow.experiment, uri, list(params.variants))
-        client = mlflow.MlflowClient(uri)
-        summary = json.loads(paths.DATA_SUMMARY.read_text())
-        digests = {split: summary[split]["digest"] for split in ("train", "test")}
-        data_ref = None
-        if len(ips) > 1:
-            from pipeline.sweep.tasks import pack_prepared
-
-            data_ref = ray.put(pack_prepared(paths.PREPARED))
-        sweep_id = uuid.uuid4().hex
-        deps = fingerprint()
-        task = ray.remote(max_calls=1)(run_training).options(
-            num_cpus=cpus, num_gpus=gpus, max_retries=retries, retry_exceptions=False)
-        tags = source_tags()
-        jobs = {}
-        for variant, seed, rate in todo:
-            job = Job(variant, seed, params, uri, sweep_id, str(paths.PREPARED), digests, data_ref, tags, rate)
-            jobs[task.remote(job)] = job
-        print(f"sweep {sweep_id[:8]}: {len(todo)} of {total} trainings to run on {len(ips)} machine(s), "
-              f"{cpus:g} CPU(s) each; MLflow: {store.redact(uri)}", flush=True)
-        return _collect(jobs, client, experiment_id, sweep_id, deps)
+        run = _runner(params, uri, cpus, gpus, retries)
+        code = run(todo, total) if todo else 0
+        if later and code == 0:  # the confirmations, once the grid is whole and the rates are chosen
+            chosen = choose_rates(params)
+            print("chosen rates: " + ", ".join(f"{v} {c['learning_rate']:g}" if c["learning_rate"] is not None
+                                                else f"{v} none" for v, c in chosen.items()), flush=True)
+            confirm = stale_trainings(params, confirmations=True)
+            code = run(confirm, len(all_trainings(params, True)), chosen) if confirm else 0
+        return code
     finally:
         ray.shutdown()
+
+
+def _runner(params: Params, uri: str, cpus: float, gpus: float, retries: int):
+    """Checks the cluster and the store once; returns ``run(trainings, total, chosen)``, which runs those
+    trainings as Ray tasks and lands each (the exit status: 1 when any failed)."""
+    import mlflow
+    import ray
+
+    ips = check_store_reaches_cluster(uri)
+    if not any(n["Resources"].get("CPU", 0) >= cpus for n in ray.nodes() if n["Alive"]):
+        raise UserError(f"no node of the Ray cluster has {cpus:g} CPUs for one training; lower --cpus")
+    experiment_id = tracking.prepare_experiment(params.mlflow.experiment, uri, list(params.variants))
+    client = mlflow.MlflowClient(uri)
+    summary = json.loads(paths.DATA_SUMMARY.read_text())
+    digests = {split: summary[split]["digest"] for split in ("train", "test")}
+    data_ref = None
+    if len(ips) > 1:
+        from pipeline.sweep.tasks import pack_prepared
+
+        data_ref = ray.put(pack_prepared(paths.PREPARED))
+    sweep_id, deps, tags = uuid.uuid4().hex, fingerprint(), source_tags()
+    task = ray.remote(max_calls=1)(run_training).options(
+        num_cpus=cpus, num_gpus=gpus, max_retries=retries, retry_exceptions=False)
+
+    def run(trainings: list, total: int, chosen: dict | None = None) -> int:
+        jobs = {task.remote(job): job for job in (
+            Job(v, s, params, uri, sweep_id, str(paths.PREPARED), digests, data_ref, tags, r, (chosen or {}).get(v))
+            for v, s, r in trainings)}
+        print(f"sweep {sweep_id[:8]}: {len(trainings)} of {total} trainings to run on {len(ips)} machine(s), "
+              f"{cpus:g} CPU(s) each; MLflow: {store.redact(uri)}", flush=True)
+        return _collect(jobs, client, experiment_id, sweep_id, deps)
+
+    return run
 
 
 def _collect(jobs: dict, client, experiment_id: str, sweep_id: str, deps: str) -> int:

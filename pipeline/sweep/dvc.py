@@ -1,9 +1,11 @@
 """The DVC side of the sweep: which trainings are missing or stale, and committing each one.
 
 In: the project root (``dvc.yaml``, ``dvc.lock``, ``params.yaml``, ``pipeline/``, the data).
-Out: ``stale_trainings`` (the ``train@`` and ``lr_grid@`` stages ``dvc status`` lists), ``repro_prerequisites``
-(download and normalize, as ``dvc repro`` would), ``fingerprint`` (what a commit must not
-see changed), ``source_tags`` (the ``mlflow.source.*`` tags of a training driven from here),
+Out: ``stale_trainings`` (the ``train@`` and ``lr_grid@`` stages ``dvc status`` lists, or the
+``confirm@`` ones), ``repro_prerequisites`` (download and normalize, as ``dvc repro`` would),
+``choose_rates`` (the ``choose@`` stages, between the grid and the confirmations), ``fingerprint``
+(what a commit must not see changed: the training stages' code, params.yaml, dvc.yaml and the data
+summary), ``source_tags`` (the ``mlflow.source.*`` tags of a training driven from here),
 ``commit`` (``dvc commit -f`` of one stage) and ``signals_deferred`` (so a record and its
 commit land together or not at all).
 """
@@ -11,6 +13,7 @@ commit land together or not at all).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -24,27 +27,51 @@ from pipeline.core.errors import UserError
 from pipeline.core.params import Params
 
 STAGES = ("train", "lr_grid")  # the study's trainings, then the learning-rate grid's
+CONFIRM = "confirm"          # then, once the choose stages have picked the rates, the confirmations
 PREREQUISITE = "normalize"   # everything the training stages depend on (download, normalize)
+Training = tuple[str, int, "float | int | str | None"]  # (variant, seed, rate: None, a grid rate or labels.TUNED)
 
 
-def all_trainings(params: Params) -> list[tuple[str, int, float | int | None]]:
-    """Every training of the matrix as (variant, seed, rate): the study's (rate None), then the grid's."""
+def all_trainings(params: Params, confirmations: bool = False) -> list[Training]:
+    """Every training of the matrix as (variant, seed, rate): the study's (rate None), then the grid's;
+    with ``confirmations``, the confirmations' (rate ``labels.TUNED``) instead."""
+    if confirmations:
+        return [(v, s, labels.TUNED) for v in params.variants for s in params.confirm.seeds]
     rates = [None, *params.lr_grid.learning_rates]
     return [(v, s, r) for r in rates for v in params.variants for s in params.seeds]
 
 
-def stale_trainings(params: Params, root: Path = paths.ROOT) -> list[tuple[str, int, float | int | None]]:
-    """The trainings (variant, seed, grid rate or None) whose stage ``dvc status`` lists (missing or stale)."""
+def confirms(params: Params) -> bool:
+    """Whether the study has confirmations: a grid to choose from and seeds to confirm on."""
+    return bool(params.lr_grid.learning_rates and params.confirm.seeds)
+
+
+def stale_trainings(params: Params, root: Path = paths.ROOT, confirmations: bool = False) -> list[Training]:
+    """The trainings whose stage ``dvc status`` lists (missing or stale): the study's and the grid's, or
+    with ``confirmations`` the confirmations'."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    targets = list(STAGES) if params.lr_grid.learning_rates else [STAGES[0]]
+    targets = [CONFIRM] if confirmations else list(STAGES) if params.lr_grid.learning_rates else [STAGES[0]]
     try:
         with Repo(str(root)) as repo:
             status = repo.status(targets=targets)
     except DvcException as exc:
         raise UserError(f"dvc status failed: {str(exc).splitlines()[0]}") from None
-    return [t for t in all_trainings(params) if labels.stage_name(*t) in status]
+    return [t for t in all_trainings(params, confirmations) if labels.stage_name(*t) in status]
+
+
+def choose_rates(params: Params, root: Path = paths.ROOT) -> dict[str, dict]:
+    """Each variant's ``choose@`` stage, as ``dvc repro`` runs it (nothing upstream), and its choice."""
+    chosen = {}
+    for variant in params.variants:
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", f"choose@{variant}"],
+                              cwd=root, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip().startswith("error")]
+            raise UserError(f"`dvc repro choose@{variant}` failed: {lines[0] if lines else proc.returncode}")
+        chosen[variant] = json.loads(paths.chosen_file(variant, root / "results").read_text())
+    return chosen
 
 
 def repro_prerequisites(root: Path = paths.ROOT) -> None:
@@ -56,12 +83,28 @@ def repro_prerequisites(root: Path = paths.ROOT) -> None:
         raise UserError(f"`dvc repro {PREREQUISITE}` failed: {lines[-1] if lines else proc.returncode}")
 
 
+def training_code(root: Path = paths.ROOT) -> list[str]:
+    """The files of ``pipeline/`` the training stages depend on (their ``deps`` in dvc.yaml), sorted."""
+    import yaml
+
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    deps = {d for name in (*STAGES, CONFIRM) for d in stages.get(name, {}).get("deps", [])
+            if isinstance(d, str) and d.startswith("pipeline")}
+    files = set()
+    for dep in deps:
+        path = root / dep
+        found = path.rglob("*") if path.is_dir() else [path]
+        files |= {str(p.relative_to(root)) for p in found
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    return sorted(files)
+
+
 def fingerprint(root: Path = paths.ROOT) -> str:
-    """What the training stages depend on besides the data's own files; it must not change
-    between the start of the sweep and a commit, or DVC would record results under new deps."""
+    """What the training stages depend on besides the data's own files; it must not change between
+    the start of the sweep and a commit, or DVC would record results under new deps. Code the
+    trainings do not depend on (the report's, the sweep's own) may change meanwhile."""
     h = hashlib.sha256()
-    for rel in ("params.yaml", "dvc.yaml", "data/summary.json", *sorted(
-            str(p.relative_to(root)) for p in (root / "pipeline").rglob("*.py"))):
+    for rel in ("params.yaml", "dvc.yaml", "data/summary.json", *training_code(root)):
         h.update(rel.encode() + b"\0" + (root / rel).read_bytes())
     return h.hexdigest()
 

@@ -55,7 +55,8 @@ class Job:
     digests: dict               # {"train": ..., "test": ...} from the driver's data/summary.json
     data_ref: Any = None        # ray.ObjectRef of {file name: bytes}, or None (one machine)
     source_tags: dict = None    # mlflow.source.* as `python -m pipeline.train` on the driver sets them
-    rate: float | int | None = None  # a learning-rate grid training at this rate (stage lr_grid)
+    rate: float | int | str | None = None  # a grid training at this rate (stage lr_grid), or labels.TUNED
+    chosen: dict | None = None  # a confirmation's choice (results/chosen/<variant>.json), read by the driver
 
     @property
     def stage(self) -> str:
@@ -139,8 +140,14 @@ def run_training(job: Job) -> dict:
         prepared = node_prepared(job, node)
         from pipeline.train.stage import train
 
-        result = train(job.variant, job.seed, params=job.params, dvc_stage=job.stage, prepared=prepared,
-                       grid_rate=None if job.rate is None else float(job.rate))
+        with tempfile.TemporaryDirectory() as tmp:  # a confirmation's choice, where this node can read it
+            rate_from = None
+            if job.rate == labels.TUNED:
+                rate_from = Path(tmp) / f"{job.variant}.json"
+                rate_from.write_text(json.dumps(job.chosen))
+            grid_rate = None if job.rate is None or rate_from is not None else float(job.rate)
+            result = train(job.variant, job.seed, params=job.params, dvc_stage=job.stage, prepared=prepared,
+                           grid_rate=grid_rate, rate_from=rate_from)
     except Exception as exc:  # one line for the driver, with the node
         first = (str(exc).strip().splitlines() or [""])[0]
         raise RuntimeError(f"on {node}: {type(exc).__name__}: {first}") from exc

@@ -55,9 +55,8 @@ class TrainSetup:
 
     @property
     def run_name(self) -> str:
-        if self.tuned_rate is not None:
-            return labels.confirm_label(self.spec.name, self.seed)
-        return labels.run_label(self.spec.name, self.seed, self.grid_rate)
+        rate = labels.TUNED if self.tuned_rate is not None else self.grid_rate
+        return labels.run_label(self.spec.name, self.seed, rate)
 
     @property
     def part(self) -> str:
