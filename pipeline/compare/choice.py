@@ -4,10 +4,12 @@ the learning-rate grid's validation metrics and nothing else.
 In: params.yaml (``seeds``, ``lr_grid``) and the grid's DVC metrics
 (``results/lr_grid/<variant>-s<seed>-lr<rate>/metrics.json``), read through ``validation_only``, which
 drops the test metrics before anything else sees them.
-Out: ``results/chosen/<variant>.json`` (``write``, whole or not at all): the chosen ``learning_rate``
-(null when there is no grid, or every rate diverged or collapsed, with the ``reason``), ``at_edge``
-("lowest"/"highest" when the choice is the grid's own end: the optimum may lie beyond it), the grid's
-``epochs`` and validation images, and the ``candidates`` it chose between (a row per rate). The
+Out: ``results/chosen/<variant>.json`` (``decision``; what a confirmation depends on): the chosen
+``learning_rate`` (null when there is no grid, or every rate diverged or collapsed, with the ``reason``);
+``results/chosen/<variant>.candidates.json``: all of ``choose``, adding ``at_edge`` ("lowest"/"highest"
+when the choice is the grid's own end: the optimum may lie beyond it), the grid's ``epochs`` and
+validation images, and the ``candidates`` it chose between (a row per rate). Each file is written whole
+or not at all (``write``). The
 selection rule (``best_rates``) is the report's too (``pipeline.compare.lr_grid``).
 
 The rule: among the rates where no seed diverged or collapsed, the highest mean validation accuracy over
@@ -126,6 +128,12 @@ def choose(variant: str, seeds: list[int], rates: list, epochs: int, validation_
             "candidates": table.drop(columns="variant").to_dict(orient="records"), "reason": reason}
 
 
+def decision(choice: dict) -> dict:
+    """What a confirmation depends on: the variant, its rate and (for none) why. The candidates stay in the
+    details file, so a grid point that changes them without changing the rate reruns no confirmation."""
+    return {key: choice[key] for key in ("variant", "learning_rate", "reason")}
+
+
 def write(choice: dict, path: Path) -> None:
     """The file appears whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         grid = params.lr_grid
         choice = choose(args.variant, params.seeds, grid.learning_rates, grid.epochs or params.train.epochs,
                         grid.validation_images)
-        write(choice, paths.chosen_file(args.variant))
+        write(choice, paths.choice_details(args.variant))
+        write(decision(choice), paths.chosen_file(args.variant))
         where = f" (at the grid's {choice['at_edge']} rate: extend the grid)" if choice["at_edge"] else ""
         rate = choice["learning_rate"]
         print(f"chose {args.variant}: learning rate {'none' if rate is None else f'{rate:g}'}{where}; {choice['reason']}")

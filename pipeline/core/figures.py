@@ -39,6 +39,17 @@ def save(fig, path: Path) -> None:
     pyplot().close(fig)
 
 
+def histogram_input(values, bins: int = 30) -> tuple[np.ndarray, int]:
+    """The finite values, and as many bins (up to ``bins``) as their range can hold: a diverged network's
+    parameters may be infinite, or so large that 30 bins of their spread are not distinct floats."""
+    finite = np.asarray(values, dtype=float).ravel()
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return finite, 1
+    edges = np.linspace(finite.min(), finite.max(), bins + 1)
+    return finite, bins if np.all(np.diff(edges) > 0) else 1
+
+
 def bn_distributions(weights: dict[str, dict[str, dict[str, np.ndarray]]], path: Path,
                      colours: dict[str, str] | None = None, seed: int | None = None) -> None:
     """Histograms of gamma and beta: one row per BN layer, a colour per variant (``colours``, else
@@ -58,7 +69,8 @@ def bn_distributions(weights: dict[str, dict[str, dict[str, np.ndarray]]], path:
             ax = axes[row, col]
             for variant, per_variant in weights.items():
                 if site in per_variant:
-                    ax.hist(per_variant[site][name], bins=30, alpha=0.55, label=variant, color=colours[variant])
+                    values, bins = histogram_input(per_variant[site][name])
+                    ax.hist(values, bins=bins, alpha=0.55, label=variant, color=colours[variant])
             ax.set_title(f"{site}: {name}", fontsize=9)
             ax.set_xlabel(f"{name} value", fontsize=8)
             ax.set_ylabel("channels", fontsize=8)

@@ -42,3 +42,8 @@ def result_dir(variant: str, seed: int, rate: float | int | str | None = None, r
 def chosen_file(variant: str, results: Path = RESULTS) -> Path:
     """The ``choose`` stage's output for one variant: its tuned rate (``pipeline.compare.choice``)."""
     return results / "chosen" / f"{variant}.json"
+
+
+def choice_details(variant: str, results: Path = RESULTS) -> Path:
+    """The ``choose`` stage's full account for one variant: the candidates, the grid's edge."""
+    return results / "chosen" / f"{variant}.candidates.json"
