@@ -291,14 +291,16 @@ def test_mlflow_run_against_a_stopped_server_fails_fast_with_the_documented_sett
 
 
 def test_grid_through_the_ray_sweep_then_dvc_repro_reports_it(tmp_path):
-    """plain at rates 0.05 and 1000 (which diverges), one seed: the sweep trains the study and the
-    grid and commits every stage; ``dvc repro`` then only compares, and the report, metrics and
-    summary run show the grid with the diverged training."""
+    """plain at rates 0.05 and 1000 (which diverges), one seed, one confirmation seed: the sweep trains
+    the study and the grid, chooses the rate, trains the confirmation at it and commits every stage;
+    ``dvc repro`` then only compares, and the report, metrics and summary run show the grid with the
+    diverged training."""
     params = tiny_params(train_limit=300, test_limit=200)
     params["variants"] = {"plain": params["variants"]["plain"]}
     params["diagnostics"]["enabled"] = False
     params["convergence"].update({"every_steps": 1, "images": 200})
     params["lr_grid"] = {"learning_rates": [0.05, 1000], "validation_images": 100, "epochs": 2}
+    params["confirm"] = {"seeds": [3]}
     project = make_project_copy(tmp_path / "project", params)
     env = subprocess_env(tmp_path)
 
@@ -307,15 +309,22 @@ def test_grid_through_the_ray_sweep_then_dvc_repro_reports_it(tmp_path):
     assert sweep.returncode == 0, sweep.stdout + sweep.stderr
     assert "3 of 3 trainings done" in sweep.stdout, sweep.stdout
     assert sweep.stdout.count("(DIVERGED)") == 1 and "done plain-s0-lr1000 (DIVERGED)" in sweep.stdout, sweep.stdout
+    # then the choice, and the confirmation on its fresh seed at the chosen rate
+    assert "chosen rates: plain 0.05" in sweep.stdout and "done plain-s3-tuned on " in sweep.stdout, sweep.stdout
+    assert sweep.stdout.index("3 of 3 trainings done") < sweep.stdout.index("chosen rates") < \
+        sweep.stdout.index("1 of 1 trainings done")
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    assert {s for s in lock if s.startswith(("train@", "lr_grid@"))} == {
-        "train@plain-0", "lr_grid@plain-0-0.05", "lr_grid@plain-0-1000"}
+    assert {s for s in lock if s.startswith(("train@", "lr_grid@", "choose@", "confirm@"))} == {
+        "train@plain-0", "lr_grid@plain-0-0.05", "lr_grid@plain-0-1000", "choose@plain", "confirm@plain-3"}
+    confirmed = json.loads((project / "results" / "confirm" / "plain-s3" / "record.json").read_text())
+    assert confirmed["learning_rate"] == 0.05 and confirmed["part"] == "confirm"
 
     repro = subprocess.run([str(VENV_BIN / "dvc"), "repro"], cwd=project, env=env, capture_output=True, text=True,
                            timeout=600, check=False)
     assert repro.returncode == 0, repro.stdout + repro.stderr
     assert "Running stage 'compare'" in repro.stdout
     assert "Running stage 'train@" not in repro.stdout and "Running stage 'lr_grid@" not in repro.stdout
+    assert "Running stage 'confirm@" not in repro.stdout and "Running stage 'choose@" not in repro.stdout
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("test-study")
