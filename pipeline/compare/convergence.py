@@ -119,18 +119,19 @@ def metrics(table: pd.DataFrame, targets: list[float]) -> dict:
     return {"convergence": out} if out else {}
 
 
-def section(runs: dict[RunKey, RunData], params: Params, figures_dir: Path) -> Convergence | None:
-    """Steps to each target accuracy per variant, the curves' figure, and what measuring them cost;
-    None when no run measured convergence."""
+def section(runs: dict[RunKey, RunData], params: Params, figures_dir: Path,
+            name: str = "convergence.png") -> Convergence | None:
+    """Steps to each target accuracy per variant, the curves' figure (``name``), and what measuring them
+    cost; None when no run measured convergence."""
     measured = {key: run for key, run in runs.items() if len(run.convergence)}
     if not measured:
         return None
     curves = {key: run.convergence for key, run in measured.items()}
     targets = params.convergence.targets
     steps = steps_table(curves, list(params.variants), targets)
-    figure(curves, figures_dir / "convergence.png", targets, params.convergence.images, palette(params.variants))
+    figure(curves, figures_dir / name, targets, params.convergence.images, palette(params.variants))
     share = float(np.nanmean([run.convergence_seconds / run.train_seconds for run in measured.values()]))
-    return Convergence(steps, targets, "convergence.png", share, len(measured))
+    return Convergence(steps, targets, name, share, len(measured))
 
 
 def markdown(convergence: Convergence, steps_per_epoch: int) -> str:

@@ -19,7 +19,8 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from pipeline.core import store
-from pipeline.compare import conclusions, convergence, diagnostics, lr_grid, recalibration, results, significance
+from pipeline.compare import (conclusions, convergence, diagnostics, lr_grid, recalibration, results, significance,
+                              tuned)
 from pipeline.compare.convergence import Convergence
 from pipeline.compare.lr_grid import LrGrid
 from pipeline.core import paths
@@ -74,6 +75,7 @@ class ReportData:
     conclusions: list = field(default_factory=list)   # pipeline.compare.conclusions.Judgement, in params order
     convergence: Convergence | None = None
     lr_grid: LrGrid | None = None
+    tuned: object | None = None   # pipeline.compare.tuned.Tuned (with confirm.seeds)
     metrics: dict = field(default_factory=dict)     # reports/metrics.json (pipeline.compare.stage.metrics_summary)
 
 
@@ -128,8 +130,21 @@ def render(data: ReportData, links: Links = FILE_LINKS, with_diagnostics: bool =
                                                                               data.params.train.learning_rate),
         "diagnostics": data.diagnostics,
         **(diagnostics.tables(data.diagnostics) if data.diagnostics else {}),
+        **_tuned_context(data),
     }
     return _environment().get_template("comparison.md.j2").render(context)
+
+
+def _tuned_context(data: ReportData) -> dict:
+    found = data.tuned
+    if found is None:
+        return {"tuned": None}
+    tests = found.significance
+    return {"tuned": found, "tuned_seeds": found.seeds,
+            "tuned_accuracy_table": tuned.accuracy_markdown(found, data.table, data.params.train.learning_rate,
+                                                            data.params.seeds),
+            "tuned_conclusions_table": tuned.conclusions_markdown(data.conclusions, found),
+            "tuned_verdicts": [significance.verdict_line(row) for row in tests.itertuples()] if len(tests) else []}
 
 
 def _table_or_none(tests: pd.DataFrame, family: str) -> str | None:

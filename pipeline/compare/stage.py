@@ -9,7 +9,7 @@ Out: ``reports/comparison.md`` (rendered by ``pipeline.compare.report``: the not
 (``pipeline.compare.conclusions``), the results, which differences are real, convergence speed
 (``pipeline.compare.convergence``), learning-rate sensitivity when ``lr_grid.learning_rates`` is set
 (``pipeline.compare.lr_grid``, from ``results/lr_grid/``), figures, diagnostics), ``comparison.csv`` (one row per
-variant), ``significance.csv`` (one row per comparison, with its verdict), ``lr_grid_significance.csv`` (the
+variant), ``significance.csv`` (one row per comparison, with its verdict), ``lr_grid_significance.csv`` and ``tuned_significance.csv`` (the
 same at each variant's best learning rate; only a header without a grid),
 ``reports/figures/*.png``, ``reports/metrics.json`` (for ``dvc metrics``/``dvc exp show``),
 and a ``comparison`` run in the same MLflow experiment holding the tables and figures, whose
@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.core import store
-from pipeline.compare import conclusions, convergence, diagnostics, lr_grid, report, results, significance
+from pipeline.compare import conclusions, convergence, diagnostics, lr_grid, report, results, significance, tuned
 from pipeline.compare.runs import RunData, RunKey, check_records_match, fetch_runs, read_records
 from pipeline.core import labels, paths
 from pipeline.core.cli import run_main
@@ -82,6 +82,7 @@ def metrics_summary(data: report.ReportData) -> dict:
         if data.lr_grid.conclusions:
             metrics["lr_grid_conclusions"] = conclusions.metrics(data.lr_grid.conclusions)
     metrics.update(data.diagnostics.metrics if data.diagnostics else {})
+    metrics.update(tuned.metrics(data.tuned) if data.tuned is not None else {})
     return metrics
 
 
@@ -96,7 +97,8 @@ def build_sections(runs: dict[RunKey, RunData], table: pd.DataFrame, tests: pd.D
                             margin=params.compare.equivalence_margin), n_train=any_run.n_train, n_test=len(any_run.correct),
         conclusions=conclusions.judge_runs(runs, tests, params),
         convergence=convergence.section(runs, params, figures_dir),
-        lr_grid=lr_grid.section(params, results_dir, uri, table, figures_dir))
+        lr_grid=lr_grid.section(params, results_dir, uri, table, figures_dir),
+        tuned=tuned.section(params, results_dir, uri, figures_dir))
 
 
 def write_report(runs: dict[RunKey, RunData], table: pd.DataFrame, tests: pd.DataFrame, params: Params,
@@ -112,6 +114,9 @@ def write_report(runs: dict[RunKey, RunData], table: pd.DataFrame, tests: pd.Dat
         tests.to_csv(staging / "significance.csv", index=False)
         grid_tests = data.lr_grid.significance if data.lr_grid is not None else pd.DataFrame(columns=tests.columns)
         grid_tests.to_csv(staging / "lr_grid_significance.csv", index=False)
+        tuned_tests = data.tuned.significance if data.tuned is not None and len(data.tuned.significance) else \
+            pd.DataFrame(columns=tests.columns)
+        tuned_tests.to_csv(staging / "tuned_significance.csv", index=False)
         write_overlays(runs, staging / "plots")
         (staging / "comparison.md").write_text(report.render(data))
         (staging / "metrics.json").write_text(json.dumps(data.metrics, indent=2) + "\n")

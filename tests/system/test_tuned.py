@@ -63,6 +63,20 @@ def test_dvc_runs_grid_choice_and_confirmation_and_reruns_only_the_confirmations
         assert float(run.data.params["train.learning_rate"]) == rate == record["learning_rate"]
         assert run.data.params["data.n_train"] == "400"  # the full training set, no validation carved out
     assert len(client.search_model_versions(f"name = '{params['mlflow']['experiment']}'")) == 2  # the study's only
+    # the report answers twice: at the notebook's rate and at the tuned rates, side by side
+    md = (project / "reports" / "comparison.md").read_text()
+    section = md[md.index("## The answer at tuned rates"):md.index("## Figures")]
+    assert "with seeds the grid never used (5)" in section and "**Each conclusion at both settings:**" in section
+    assert "| at the notebook's setting | at the tuned rates |" in section.replace("  ", " ") or \
+        "at the notebook's setting" in section
+    for variant, rate in rates.items():
+        assert f"| {variant} " in section and f"{rate:g}" in section
+    assert (project / "reports" / "figures" / "convergence_tuned.png").stat().st_size > 1000
+    tuned_tests = (project / "reports" / "tuned_significance.csv").read_text().splitlines()
+    assert len(tuned_tests) >= 2 and "bn_all" in tuned_tests[1]
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics["tuned"]["rates"] == rates and metrics["tuned"]["seeds"] == [5]
+    assert set(metrics["tuned"]["test_accuracy"]) == set(rates)
 
     # a rate that diverges is never chosen: the choices stand and no confirmation reruns
     set_rates(project, [0.05, 0.2, 1000])

@@ -1,0 +1,107 @@
+"""The answer at tuned rates: the notebook's conclusions judged again where every variant is trained at
+the rate its grid chose, on seeds the grid never used, beside the answer at the notebook's setting.
+
+In: ``params`` (``confirm.seeds``, ``variants``, ``compare``), the choices (``results/chosen/``), the
+confirmations' records (``results/confirm/``) and their runs in MLflow; the study's table and conclusions.
+Out: ``section(...)``: a ``Tuned`` (None without ``confirm.seeds``, so the study's report is unchanged)
+with the variants' table at the tuned rates, the comparisons (the same statistics as the study's: seeds
+and test images, Holm within each family), the conclusions, and the convergence curves at the tuned rates
+(``convergence_tuned.png``); ``accuracy_markdown`` (each variant at both settings),
+``conclusions_markdown`` (each conclusion at both, side by side) and ``metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.compare import conclusions, convergence, results, significance
+from pipeline.compare.runs import fetch_runs, read_records
+from pipeline.compare.tables import markdown_table, plus_minus
+from pipeline.core import labels, paths
+from pipeline.core.params import Params
+
+FIGURE = "convergence_tuned.png"
+
+
+@dataclass(frozen=True)
+class Tuned:
+    rates: dict                    # variant -> chosen rate (None: no rate, every grid rate failed)
+    edges: dict                    # variant -> "lowest"/"highest" when the rate is the grid's end
+    table: pd.DataFrame            # pipeline.compare.results.variant_table on the confirmations
+    significance: pd.DataFrame     # pipeline.compare.significance.comparisons on the confirmations
+    conclusions: list              # pipeline.compare.conclusions.Judgement at the tuned rates
+    convergence: object | None     # pipeline.compare.convergence.Convergence (figure FIGURE)
+    seeds: list[int]
+
+
+def read_choices(variants: list[str], results_dir: Path) -> tuple[dict, dict]:
+    rates, edges = {}, {}
+    for variant in variants:
+        decision = paths.chosen_file(variant, results_dir)
+        details = paths.choice_details(variant, results_dir)
+        rates[variant] = json.loads(decision.read_text())["learning_rate"] if decision.exists() else None
+        edges[variant] = json.loads(details.read_text()).get("at_edge") if details.exists() else None
+    return rates, edges
+
+
+def section(params: Params, results_dir: Path, uri: str, figures_dir: Path) -> Tuned | None:
+    seeds = params.confirm.seeds
+    if not seeds:
+        return None
+    rates, edges = read_choices(list(params.variants), results_dir)
+    confirmed = [v for v in params.variants if rates[v] is not None]
+    if not confirmed:
+        return Tuned(rates, edges, pd.DataFrame(), pd.DataFrame(), [], None, seeds)
+    records = read_records(confirmed, seeds, results_dir, [labels.TUNED])
+    runs = {key[:2]: run for key, run in fetch_runs(records, uri).items()}
+    specs = {v: params.variant(v) for v in confirmed}
+    table = results.variant_table(runs, specs, {}, params.compare.confidence)
+    tests = significance.comparisons(runs, confirmed, seeds, params.compare)
+    judged = conclusions.judge_runs(runs, tests, params)
+    curves = convergence.section(runs, params, figures_dir, FIGURE)
+    return Tuned(rates, edges, table, tests, judged, curves, seeds)
+
+
+def accuracy_markdown(tuned: Tuned, study: pd.DataFrame, study_rate: float, study_seeds: list[int]) -> str:
+    """Per variant: the test accuracy at the notebook's rate (study seeds) and at its tuned rate (fresh seeds)."""
+    at_tuned = {r.variant: r for r in tuned.table.itertuples()} if len(tuned.table) else {}
+    rows = []
+    for r in study.itertuples():
+        rate = tuned.rates.get(r.variant)
+        edge = tuned.edges.get(r.variant)
+        there = at_tuned.get(r.variant)
+        rows.append({
+            "variant": r.variant,
+            f"test acc. at {study_rate:g} (seeds {', '.join(map(str, study_seeds))})":
+                plus_minus(r.test_accuracy_mean, r.test_accuracy_std, r.n_seeds),
+            "tuned rate": "none (every grid rate diverged)" if rate is None else f"{rate:g}" + (
+                f" (the grid's {edge}: extend the grid)" if edge else ""),
+            f"test acc. at the tuned rate (seeds {', '.join(map(str, tuned.seeds))})": "–" if there is None
+            else plus_minus(there.test_accuracy_mean, there.test_accuracy_std, there.n_seeds),
+            "change (pp)": "–" if there is None else f"{100 * (there.test_accuracy_mean - r.test_accuracy_mean):+.2f}",
+        })
+    frame = pd.DataFrame(rows)
+    return markdown_table(frame, right=set(frame.columns) - {"variant", "tuned rate"})
+
+
+def conclusions_markdown(study: list, tuned: Tuned) -> str:
+    """Each conclusion's verdict at the notebook's setting and at the tuned rates, side by side."""
+    at_tuned = {j.claim: j for j in tuned.conclusions}
+    rows = [{"conclusion": j.claim, "at the notebook's setting": j.verdict,
+             "at the tuned rates": at_tuned[j.claim].verdict if j.claim in at_tuned else "not confirmed",
+             "same answer?": "yes" if j.claim in at_tuned and at_tuned[j.claim].verdict == j.verdict else "no"}
+            for j in study]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def metrics(tuned: Tuned) -> dict:
+    out = {"rates": {v: r for v, r in tuned.rates.items()}, "seeds": list(tuned.seeds)}
+    if len(tuned.table):
+        out["test_accuracy"] = {r.variant: round(r.test_accuracy_mean, 6) for r in tuned.table.itertuples()}
+    if tuned.conclusions:
+        out["conclusions"] = conclusions.metrics(tuned.conclusions)
+    return {"tuned": out}
