@@ -80,7 +80,9 @@ class VariantSpec(Section):
     """Where a LeNet-5 variant puts batch norm and dropout.
 
     Dropout sits before batch norm where both are present, and both sit between
-    a conv/dense layer and its tanh, as in the 2019 notebook.
+    a conv/dense layer and its tanh, as in the 2019 notebook. ``dropout_output`` drops fc1's
+    output (after its tanh, before the softmax layer): after every batch norm, Li et al.'s
+    (2019) remedy for the variance shift.
     """
 
     internal_fields: ClassVar[frozenset[str]] = frozenset({"name"})
@@ -90,6 +92,7 @@ class VariantSpec(Section):
     bn_hidden: Bool = False
     dropout_input: Rate = 0.0
     dropout_hidden: Rate = 0.0
+    dropout_output: Rate = 0.0
     conv_bias: Bool = False
 
     @property
@@ -98,15 +101,17 @@ class VariantSpec(Section):
 
     @property
     def has_dropout(self) -> bool:
-        return self.dropout_input > 0 or self.dropout_hidden > 0
+        return self.dropout_input > 0 or self.dropout_hidden > 0 or self.dropout_output > 0
 
     def describe(self) -> str:
         parts = []
         if self.has_bn:
             where = [w for w, on in (("input", self.bn_input), ("hidden", self.bn_hidden)) if on]
             parts.append("BN on " + " + ".join(where))
-        if self.has_dropout:
+        if self.dropout_input > 0 or self.dropout_hidden > 0:
             parts.append(f"dropout {self.dropout_input:g} input / {self.dropout_hidden:g} hidden")
+        if self.dropout_output > 0:
+            parts.append(f"dropout {self.dropout_output:g} after fc1 (after every BN)")
         if not parts:
             parts.append("no BN, no dropout")
         parts.append("conv1-2 bias " + ("on" if self.conv_bias else "off"))

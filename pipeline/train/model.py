@@ -45,6 +45,8 @@ def build_lenet(spec: VariantSpec) -> keras.Model:
     x = _block(x, spec, "conv3", layers.Conv2D(120, 5, padding="valid", name="conv3"))
     x = layers.Flatten(name="flatten")(x)
     x = _block(x, spec, "fc1", layers.Dense(84, name="fc1"))
+    if spec.dropout_output > 0:
+        x = layers.Dropout(spec.dropout_output, name="fc1_out_dropout")(x)
     outputs = layers.Dense(N_CLASSES, activation="softmax", name="output")(x)
     return keras.Model(inputs, outputs, name=f"lenet5_{spec.name}")
 

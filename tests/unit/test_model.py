@@ -224,3 +224,19 @@ def test_the_held_out_subset_is_seeded_sorted_and_whole_when_asked_for_all():
     assert list(first) == list(again) == sorted(set(first)) and len(first) == 2000
     assert first.max() > 2000  # drawn from the whole test set, not its first images
     assert list(held_out(300, 500)) == list(range(300))
+
+
+def test_dropout_after_every_batch_norm_sits_between_fc1_and_the_softmax_only():
+    """Li et al.'s remedy as data: ``dropout_output`` adds one Dropout after fc1's tanh; the committed
+    variants (dropout_output 0) build the same layers as before."""
+    from pipeline.core.params import VariantSpec
+    from pipeline.train.model import build_lenet
+
+    last = build_lenet(VariantSpec(name="bn_dropout_last", bn_input=True, bn_hidden=True, dropout_output=0.5))
+    names = [layer.name for layer in last.layers]
+    assert [n for n in names if "dropout" in n] == ["fc1_out_dropout"]
+    assert names[names.index("fc1_out_dropout") - 1] == "fc1_tanh" and names[-1] == "output"
+    assert last.get_layer("fc1_out_dropout").rate == 0.5
+    plain = build_lenet(VariantSpec(name="plain", conv_bias=True))
+    assert not [n for n in (layer.name for layer in plain.layers) if "dropout" in n]
+    assert build_lenet(VariantSpec(name="plain_nobias")).count_params() == 545_524
