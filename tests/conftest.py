@@ -28,6 +28,7 @@ def tiny_params(**train_overrides) -> dict:
     params["download"]["files"] = fixture_pins()
     params["train"].update({"epochs": 1, "batch_size": 128, **train_overrides})
     params["seeds"] = [0]
+    params["lr_grid"]["seeds"] = [0]
     params["mlflow"]["experiment"] = "test-study"
     return params
 

@@ -1,7 +1,7 @@
 """Stage ``choose@<variant>``: the learning rate a variant is trained at for confirmation, chosen from
 the learning-rate grid's validation metrics and nothing else.
 
-In: params.yaml (``seeds``, ``lr_grid``) and the grid's DVC metrics
+In: params.yaml (``lr_grid``: its rates and seeds) and the grid's DVC metrics
 (``results/lr_grid/<variant>-s<seed>-lr<rate>/metrics.json``), read through ``validation_only``, which
 drops the test metrics before anything else sees them.
 Out: ``results/chosen/<variant>.json`` (``decision``; what a confirmation depends on): the chosen
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--variant {args.variant!r} is not in params.yaml; choose one of "
                             f"{', '.join(params.variants)}")
         grid = params.lr_grid
-        choice = choose(args.variant, params.seeds, grid.learning_rates, grid.epochs or params.train.epochs,
+        choice = choose(args.variant, grid.seeds, grid.learning_rates, grid.epochs or params.train.epochs,
                         grid.validation_images)
         write(choice, paths.choice_details(args.variant))
         write(decision(choice), paths.chosen_file(args.variant))

@@ -172,7 +172,7 @@ def section(params: Params, results: Path, uri: str, table: pd.DataFrame, figure
     rates = params.lr_grid.learning_rates
     if not rates:
         return None
-    variants, seeds = list(params.variants), params.seeds
+    variants, seeds = list(params.variants), params.lr_grid.seeds
     records = read_records(variants, seeds, results, rates)
     grid = fetch_grid(records, uri)
     rates_table = summary(grid, variants)

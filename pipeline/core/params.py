@@ -153,6 +153,7 @@ class LrGridSettings(Section):
     seed; the report picks each variant's best rate on those validation images, never on the test set."""
 
     learning_rates: LearningRates = []
+    seeds: Seeds = [0, 1, 2]  # the grid's own seeds (fewer than the study's: a cheaper grid)
     validation_images: PositiveInt = 5000
     epochs: PositiveInt | None = None  # each grid training's epochs; None: train.epochs
 
@@ -237,9 +238,10 @@ class Params(Section):
         # variants list): the report compares the pairs whose variants were trained.
         if not self.variants:
             raise PydanticCustomError("no_variants", "'variants' must name at least one variant", {})
-        if reused := sorted(set(self.confirm.seeds) & set(self.seeds)):
-            raise PydanticCustomError("fresh_seeds", "'confirm.seeds' = {reused} reuses seeds of 'seeds' (the grid's); "
-                                      "confirm on fresh seeds, e.g. [10, 11, 12]", {"reused": reused})
+        if reused := sorted(set(self.confirm.seeds) & set(self.lr_grid.seeds)):
+            raise PydanticCustomError("fresh_seeds", "'confirm.seeds' = {reused} reuses seeds of 'lr_grid.seeds' (the "
+                                      "seeds that chose the rates); confirm on fresh seeds, e.g. [10, 11, 12]",
+                                      {"reused": reused})
         return self
 
     # --- Reading ---------------------------------------------------------------------------

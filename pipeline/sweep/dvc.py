@@ -37,8 +37,9 @@ def all_trainings(params: Params, confirmations: bool = False) -> list[Training]
     with ``confirmations``, the confirmations' (rate ``labels.TUNED``) instead."""
     if confirmations:
         return [(v, s, labels.TUNED) for v in params.variants for s in params.confirm.seeds]
-    rates = [None, *params.lr_grid.learning_rates]
-    return [(v, s, r) for r in rates for v in params.variants for s in params.seeds]
+    study = [(v, s, None) for v in params.variants for s in params.seeds]
+    return study + [(v, s, r) for r in params.lr_grid.learning_rates for v in params.variants
+                    for s in params.lr_grid.seeds]
 
 
 def confirms(params: Params) -> bool:

@@ -107,7 +107,7 @@ def test_a_confirmation_takes_its_rate_from_the_choice_and_refuses_a_bad_one(tmp
 def test_confirmation_seeds_must_be_fresh():
     raw = tiny_params()
     raw["confirm"] = {"seeds": [0, 10]}
-    with pytest.raises(UserError, match=r"^params: 'confirm.seeds' = \[0\] reuses seeds of 'seeds' \(the grid's\); "
+    with pytest.raises(UserError, match=r"^params: 'confirm.seeds' = \[0\] reuses seeds of 'lr_grid.seeds' \(the seeds that chose the rates\); "
                                         r"confirm on fresh seeds"):
         Params.from_dict(raw)
     raw["confirm"] = {"seeds": [10, 11]}
@@ -118,6 +118,7 @@ def test_the_choose_stage_runs_under_dvc_and_writes_one_file_per_variant(tmp_pat
     params = tiny_params()
     params["variants"] = {"a": params["variants"]["plain"], "b": params["variants"]["bn_all"]}
     params["seeds"] = [0, 1]
+    params["lr_grid"]["seeds"] = [0, 1]
     params["lr_grid"]["learning_rates"] = RATES
     project = make_project_copy(tmp_path / "project", params)
     write_grid(project / "results", lambda v, r: 0.9)
