@@ -299,7 +299,7 @@ def test_grid_through_the_ray_sweep_then_dvc_repro_reports_it(tmp_path):
     params["variants"] = {"plain": params["variants"]["plain"]}
     params["diagnostics"]["enabled"] = False
     params["convergence"].update({"every_steps": 1, "images": 200})
-    params["lr_grid"] = {"learning_rates": [0.05, 1000], "validation_images": 100, "epochs": 2}
+    params["lr_grid"] = {"learning_rates": [0.05, 1000], "seeds": [0], "validation_images": 100, "epochs": 2}
     params["confirm"] = {"seeds": [3]}
     project = make_project_copy(tmp_path / "project", params)
     env = subprocess_env(tmp_path)

@@ -424,7 +424,7 @@ def test_lr_grid_epochs_shortens_grid_trainings_only_and_the_flag_still_wins(env
     """lr_grid.epochs = 1 with train.epochs = 2: a grid training trains 1 epoch (logged as such);
     the study's training keeps 2; --epochs given with --grid-rate overrides both."""
     params = tiny_params(train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT, epochs=2)
-    params["lr_grid"] = {"learning_rates": [0.05], "validation_images": 100, "epochs": 1}
+    params["lr_grid"] = {"learning_rates": [0.05], "seeds": [0], "validation_images": 100, "epochs": 1}
     params["diagnostics"]["enabled"] = False
     params["convergence"]["enabled"] = False
     path = tmp_path / "params.yaml"

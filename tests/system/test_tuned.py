@@ -43,7 +43,7 @@ def test_dvc_runs_grid_choice_and_confirmation_and_reruns_only_the_confirmations
     params = tiny_params(train_limit=400, test_limit=200)
     params["variants"] = {v: params["variants"][v] for v in ("plain", "bn_all")}
     params["diagnostics"]["enabled"] = False
-    params["lr_grid"] = {"learning_rates": [0.05, 0.2], "validation_images": 100, "epochs": None}
+    params["lr_grid"] = {"learning_rates": [0.05, 0.2], "seeds": [0], "validation_images": 100, "epochs": None}
     params["confirm"] = {"seeds": [5]}
     project = make_project_copy(tmp_path / "project", params)
     env = subprocess_env(tmp_path)
