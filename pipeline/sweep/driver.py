@@ -34,8 +34,8 @@ from pipeline.core import tracking
 from pipeline.core.cli import run_main
 from pipeline.core.errors import UserError
 from pipeline.core.params import Params
-from pipeline.sweep.dvc import (all_trainings, choose_rates, commit, confirms, fingerprint, repro_prerequisites,
-                                signals_deferred, source_tags, stale_trainings)
+from pipeline.sweep.dvc import (all_trainings, choose_rates, commit, confirms, fingerprint, not_committed,
+                                repro_prerequisites, signals_deferred, source_tags, stale_trainings)
 from pipeline.sweep.tasks import TAG_STAGE, TAG_SWEEP, Job, run_training
 
 CANCEL_GRACE_S = 15.0
@@ -210,8 +210,7 @@ def _land(ref, job: Job, client, experiment_id: str, sweep_id: str, deps: str) -
     if out is None:
         return None, problem
     if fingerprint() != deps:
-        print(f"not committed {stage}: code, params or data changed during the sweep", file=sys.stderr, flush=True)
-        return None, f"{stage}: code, params or data changed during the sweep; not committed"
+        return None, not_committed(client, out["run_id"], stage)
     with signals_deferred():
         write_record(paths.result_dir(job.variant, job.seed, job.rate), out["record"], out["history"],
                      out["convergence"])

@@ -5,7 +5,8 @@ Out: ``stale_trainings`` (the ``train@`` and ``lr_grid@`` stages ``dvc status`` 
 ``confirm@`` ones), ``repro_prerequisites`` (download and normalize, as ``dvc repro`` would),
 ``choose_rates`` (the ``choose@`` stages, between the grid and the confirmations), ``fingerprint``
 (what a commit must not see changed: the training stages' code, params.yaml, dvc.yaml and the data
-summary), ``source_tags`` (the ``mlflow.source.*`` tags of a training driven from here),
+summary), ``not_committed`` (a training that finished while they changed: no record, its run tagged
+``part=uncommitted``), ``source_tags`` (the ``mlflow.source.*`` tags of a training driven from here),
 ``commit`` (``dvc commit -f`` of one stage) and ``signals_deferred`` (so a record and its
 commit land together or not at all).
 """
@@ -108,6 +109,24 @@ def fingerprint(root: Path = paths.ROOT) -> str:
     for rel in ("params.yaml", "dvc.yaml", "data/summary.json", *training_code(root)):
         h.update(rel.encode() + b"\0" + (root / rel).read_bytes())
     return h.hexdigest()
+
+
+# The ``part`` tag of a finished training whose record was not committed: out of the study's view in
+# mlflow ui (part = study), which would otherwise count it beside the run the rerun records.
+PART_UNCOMMITTED = "uncommitted"
+
+
+def not_committed(client, run_id: str, stage: str) -> str:
+    """A training that finished while what it depends on changed: no record, its run marked as such."""
+    reason = "code, params or data changed during the sweep"
+    print(f"not committed {stage}: {reason}; its run {run_id} is tagged part={PART_UNCOMMITTED}",
+          file=sys.stderr, flush=True)
+    try:
+        client.set_tag(run_id, "part", PART_UNCOMMITTED)
+        client.set_tag(run_id, "sweep.not_committed", reason)
+    except Exception as exc:  # noqa: BLE001 - the record is withheld either way; the tag is a courtesy
+        print(f"could not tag run {run_id}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
+    return f"{stage}: {reason}; not committed (rerun the sweep to train it again)"
 
 
 def source_tags(root: Path = paths.ROOT) -> dict[str, str]:

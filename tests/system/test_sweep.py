@@ -193,6 +193,36 @@ def test_interrupted_driver_stops_workers_and_commits_nothing_half(tmp_path):
     assert f"{len(missing)} of 3 trainings missing or stale: {', '.join(missing)}" in again.stdout, again.stdout
 
 
+def test_code_the_trainings_depend_on_changed_mid_sweep_withholds_the_record_and_marks_the_run(tmp_path):
+    """A training that finishes after its code changed is not committed (DVC would record it under the new
+    code); its run is tagged part=uncommitted, out of the study's view. A change to code no training
+    depends on (the report's) does not stop a commit."""
+    project, env = _project(tmp_path, ("plain",), [0], epochs=3)
+
+    def sweep_while_editing(path: Path) -> tuple[int, str, str]:
+        proc = _start_sweep(project, env, "--local-cpus", "1")
+        try:
+            _wait_for_runs(env, lambda rs: len(rs) == 1)
+            path.write_text(path.read_text() + "\n# edited while a training ran\n")
+            out, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+        return proc.returncode, out, err
+
+    code, out, err = sweep_while_editing(project / "pipeline" / "train" / "stage.py")
+    assert code == 1, out + err
+    run = next(r for r in _runs(env) if r.info.run_name == "plain-s0")
+    assert f"not committed train@plain-0: code, params or data changed during the sweep; its run {run.info.run_id} " \
+           "is tagged part=uncommitted" in err
+    assert run.info.status == "FINISHED" and run.data.tags["part"] == "uncommitted"
+    assert _committed(project) == set() and not (project / "results" / "plain-s0" / "record.json").exists()
+
+    code, out, err = sweep_while_editing(project / "pipeline" / "compare" / "report.py")
+    assert code == 0, out + err
+    assert _committed(project) == {"train@plain-0"} and _stale_train_stages(project, env) == set()
+    assert sorted(r.data.tags["part"] for r in _runs(env)) == ["study", "uncommitted"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
