@@ -89,7 +89,9 @@ class TrainResult:
 
 
 def grid_params(params: Params, grid_rate: float | None, overrides: dict | None) -> Params:
-    """For a point of the learning-rate grid: its rate, and ``lr_grid.epochs`` unless ``--epochs`` was given."""
+    """For a point of the learning-rate grid: its rate, and ``lr_grid.epochs`` unless ``--epochs`` was given.
+    The choice reads validation metrics only, so a grid training measures nothing else: no diagnostics,
+    no held-out convergence checks (and, in ``train``, no model registration)."""
     if grid_rate is None:
         return params
     # Checked here, before it becomes train.learning_rate, so the error names the flag given.
@@ -98,7 +100,9 @@ def grid_params(params: Params, grid_rate: float | None, overrides: dict | None)
     grid_train: dict = {"learning_rate": grid_rate}
     if params.lr_grid.epochs is not None and (overrides or {}).get("epochs") is None:
         grid_train["epochs"] = params.lr_grid.epochs  # a shorter grid; --epochs still wins
-    return params.with_train(grid_train)
+    grid = params.with_train(grid_train)
+    return grid.model_copy(update={"diagnostics": grid.diagnostics.model_copy(update={"enabled": False}),
+                                   "convergence": grid.convergence.model_copy(update={"enabled": False})})
 
 
 def tuned_rate(path: Path, variant: str) -> float:

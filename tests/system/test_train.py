@@ -441,6 +441,27 @@ def test_lr_grid_epochs_shortens_grid_trainings_only_and_the_flag_still_wins(env
     assert epochs_of(grid_rate=0.05, overrides={"epochs": 3}) == ("3", 3)
 
 
+def test_a_grid_training_measures_only_what_the_choice_reads(env, tmp_path):
+    """With diagnostics and convergence checks on in params.yaml, a grid training logs neither (the choice
+    reads its validation metrics only) and registers no model; the study's training logs both."""
+    params = tiny_params(train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT)
+    params["lr_grid"] = {"learning_rates": [0.05], "seeds": [0], "validation_images": 100, "epochs": None}
+    params["mlflow"]["experiment"] = "test-grid-cost"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    grid = train("bn_all", 0, params_path=path, prepared=env.prepared, grid_rate=0.05)
+    study = train("bn_all", 0, params_path=path, prepared=env.prepared)
+    runs = {name: env.client.get_run(result.run_id) for name, result in (("grid", grid), ("study", study))}
+    assert runs["grid"].data.params["diagnostics.enabled"] == "False"
+    assert runs["grid"].data.params["convergence.enabled"] == "False"
+    assert not [k for k in runs["grid"].data.metrics if k.startswith(("diagnostics/", "convergence/"))]
+    assert metric_names.VALIDATION_ACCURACY in runs["grid"].data.metrics
+    assert "diagnostics" not in {a.path for a in env.client.list_artifacts(grid.run_id)}
+    assert [k for k in runs["study"].data.metrics if k.startswith("diagnostics/")]
+    assert metric_names.CONVERGENCE_ACCURACY in runs["study"].data.metrics
+    assert [v.run_id for v in env.client.search_model_versions("name = 'test-grid-cost'")] == [study.run_id]
+
+
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "http://bob:hunter2@127.0.0.1:9/"])
 def test_unreachable_server_fails_fast_before_a_run(env, monkeypatch, uri):
     before = env.n_runs()
