@@ -24,6 +24,8 @@ FIXTURE_MNIST = ROOT / "tests" / "fixtures" / "mnist"
 
 # Tracked paths a project copy leaves out: it reproduces the pipeline, not its outputs.
 NOT_COPIED = ("tests/", "data/", "results/", "reports/", ".ci/")
+# ... except what a fresh clone needs to run: the folder the choose stages depend on, grid or not.
+KEPT = ("results/lr_grid/README.md",)
 
 
 def fixture_pins() -> dict[str, str]:
@@ -52,7 +54,7 @@ def project_copy(dest: Path, params: dict) -> Path:
     params.yaml, committed in a fresh git repository at ``dest`` (DVC's own ``.dvc/`` is tracked)."""
     dest.mkdir(parents=True, exist_ok=True)
     for rel in tracked_files():
-        if rel.startswith(NOT_COPIED) or rel == "dvc.lock" or not (ROOT / rel).exists():
+        if (rel.startswith(NOT_COPIED) and rel not in KEPT) or rel == "dvc.lock" or not (ROOT / rel).exists():
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
