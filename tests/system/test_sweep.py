@@ -184,7 +184,7 @@ def test_interrupted_driver_stops_workers_and_commits_nothing_half(tmp_path):
     committed = _committed(project)
     assert 1 <= len(committed) <= 2, committed
     # Every record on disk is a committed one, and every committed one is up to date.
-    on_disk = {f"train@plain-{p.name.split('-s')[1]}" for p in (project / "results").iterdir()}
+    on_disk = {f"train@plain-{p.name.split('-s')[1]}" for p in (project / "results").glob("plain-s*")}
     assert on_disk == committed
     assert _stale_train_stages(project, env) == {"train@plain-0", "train@plain-1", "train@plain-2"} - committed
     assert len(status["FINISHED"]) == len(committed)
