@@ -43,7 +43,8 @@ VALIDATION_KEYS = ("validation_accuracy", "validation_loss", "diverged_at_step")
 
 @dataclass(frozen=True)
 class Point:
-    """One grid training as the choice sees it: no test metric exists here."""
+    """One grid training as the choice sees it: no test metric exists here. (The report's
+    ``pipeline.compare.runs.GridRun`` has these fields too, and goes through the same rule.)"""
 
     variant: str
     seed: int
@@ -52,9 +53,10 @@ class Point:
     validation_loss: float
     diverged: bool
 
-    @property
-    def collapsed(self) -> bool:
-        return not self.diverged and self.validation_accuracy < COLLAPSED_BELOW
+
+def is_collapsed(point) -> bool:
+    """Not diverged by the rule, but ended near chance: no candidate for the best rate."""
+    return not point.diverged and point.validation_accuracy < COLLAPSED_BELOW
 
 
 def validation_only(metrics: dict) -> dict:
@@ -76,17 +78,25 @@ def read_points(variant: str, seeds: list[int], rates: list, results: Path = pat
     return points
 
 
+def groups(points: list, variants: list[str] | None = None):
+    """(variant, rate, its trainings) for every (variant, rate): variants in ``variants`` order (else as
+    met), rates ascending."""
+    for variant in variants if variants is not None else dict.fromkeys(p.variant for p in points):
+        for rate in sorted({p.rate for p in points if p.variant == variant}):
+            yield variant, rate, [p for p in points if p.variant == variant and p.rate == rate]
+
+
+def selection_row(variant: str, rate: float, group: list) -> dict:
+    """The ``SELECTION_COLUMNS`` of one (variant, rate): all the choice may weigh."""
+    return {"variant": variant, "rate": rate, "n_seeds": len(group),
+            "n_diverged": sum(p.diverged for p in group), "n_collapsed": sum(is_collapsed(p) for p in group),
+            "validation_accuracy_mean": float(np.mean([p.validation_accuracy for p in group])),
+            "validation_loss_mean": float(np.mean([p.validation_loss for p in group]))}
+
+
 def candidates(points: list[Point]) -> pd.DataFrame:
     """A row per (variant, rate) in ``SELECTION_COLUMNS``, rates ascending."""
-    rows = []
-    for variant in dict.fromkeys(p.variant for p in points):
-        for rate in sorted({p.rate for p in points if p.variant == variant}):
-            group = [p for p in points if p.variant == variant and p.rate == rate]
-            rows.append({"variant": variant, "rate": rate, "n_seeds": len(group),
-                         "n_diverged": sum(p.diverged for p in group), "n_collapsed": sum(p.collapsed for p in group),
-                         "validation_accuracy_mean": float(np.mean([p.validation_accuracy for p in group])),
-                         "validation_loss_mean": float(np.mean([p.validation_loss for p in group]))})
-    return pd.DataFrame(rows, columns=list(SELECTION_COLUMNS))
+    return pd.DataFrame([selection_row(*g) for g in groups(points)], columns=list(SELECTION_COLUMNS))
 
 
 def best_rates(table: pd.DataFrame) -> dict[str, float | None]:
@@ -153,9 +163,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         params = Params.load(paths.PARAMS)
-        if args.variant not in params.variants:
-            raise UserError(f"--variant {args.variant!r} is not in params.yaml; choose one of "
-                            f"{', '.join(params.variants)}")
+        params.variant(args.variant)  # an unknown name: one line listing the known ones
         grid = params.lr_grid
         choice = choose(args.variant, grid.seeds, grid.learning_rates, grid.epochs or params.train.epochs,
                         grid.validation_images)

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.compare import conclusions, significance
-from pipeline.compare.choice import COLLAPSED_BELOW, SELECTION_COLUMNS, best_rates, edge  # noqa: F401 (the rule)
+from pipeline.compare.choice import (COLLAPSED_BELOW, SELECTION_COLUMNS, best_rates, edge, groups,  # noqa: F401
+                                     is_collapsed, selection_row)
 from pipeline.compare.runs import GridRun, fetch_grid, fetch_runs, read_records
 from pipeline.compare.tables import markdown_table, plus_minus
 from pipeline.core.figures import palette, pyplot, save
@@ -51,28 +52,17 @@ class LrGrid:
     n_runs: int
 
 
-def collapsed(run: GridRun) -> bool:
-    return not run.diverged and run.validation_accuracy < COLLAPSED_BELOW
-
-
 def summary(runs: list[GridRun], variants: list[str]) -> pd.DataFrame:
-    """A row per (variant, rate), variants in ``variants`` order, rates ascending."""
+    """A row per (variant, rate), variants in ``variants`` order, rates ascending: what the choice weighs
+    (``choice.selection_row``), the validation accuracy's spread, and the test accuracy (read after)."""
     rows = []
-    for variant in variants:
-        for rate in sorted({r.rate for r in runs if r.variant == variant}):
-            group = [r for r in runs if r.variant == variant and r.rate == rate]
-            val = np.array([r.validation_accuracy for r in group], dtype=float)
-            test = np.array([r.test_accuracy for r in group], dtype=float)
-            rows.append({
-                "variant": variant, "rate": rate, "n_seeds": len(group),
-                "n_diverged": sum(r.diverged for r in group),
-                "n_collapsed": sum(collapsed(r) for r in group),
-                "validation_accuracy_mean": float(np.mean(val)), "validation_accuracy_min": float(np.min(val)),
-                "validation_accuracy_max": float(np.max(val)),
-                "validation_loss_mean": float(np.mean([r.validation_loss for r in group])),
-                "test_accuracy_mean": float(np.mean(test)),
-                "test_accuracy_std": float(np.std(test, ddof=1)) if len(test) > 1 else float("nan"),
-            })
+    for variant, rate, group in groups(runs, variants):
+        val = np.array([r.validation_accuracy for r in group], dtype=float)
+        test = np.array([r.test_accuracy for r in group], dtype=float)
+        rows.append({**selection_row(variant, rate, group),
+                     "validation_accuracy_min": float(np.min(val)), "validation_accuracy_max": float(np.max(val)),
+                     "test_accuracy_mean": float(np.mean(test)),
+                     "test_accuracy_std": float(np.std(test, ddof=1)) if len(test) > 1 else float("nan")})
     return pd.DataFrame(rows, columns=[*SELECTION_COLUMNS, "validation_accuracy_min", "validation_accuracy_max",
                                        "test_accuracy_mean", "test_accuracy_std"])
 
@@ -191,7 +181,7 @@ def section(params: Params, results: Path, uri: str, table: pd.DataFrame, figure
     return LrGrid(rates_table, best, at_best, [v for v in table["variant"] if v in chosen],
                   ranking(dict(zip(at_best["variant"], at_best["test_accuracy_mean"]))), judgements,
                   [run_label(r.variant, r.seed, r.rate) for r in grid if r.diverged],
-                  [run_label(r.variant, r.seed, r.rate) for r in grid if collapsed(r)], tests,
+                  [run_label(r.variant, r.seed, r.rate) for r in grid if is_collapsed(r)], tests,
                   "learning_rates.png", params.lr_grid.validation_images, len(grid))
 
 
