@@ -36,6 +36,53 @@ class Tuned:
     conclusions: list              # pipeline.compare.conclusions.Judgement at the tuned rates
     convergence: object | None     # pipeline.compare.convergence.Convergence (figure FIGURE)
     seeds: list[int]
+    budget: list = ()              # Part per part of the answer: study, grid, confirmations
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one part of the answer cost: its trainings, how many stopped early, their ``model.fit`` seconds."""
+    name: str
+    trainings: int
+    diverged: int
+    fit_seconds: float
+
+
+def budget(params: Params, results_dir: Path) -> list[Part]:
+    """The trainings behind the answer, from their DVC records: the study's, the grid's and the confirmations'."""
+    def part(name: str, folders: list[Path]) -> Part:
+        found = [json.loads((f / "record.json").read_text()) for f in folders if (f / "record.json").exists()]
+        return Part(name, len(found), sum("diverged_at_step" in r for r in found),
+                    sum(r.get("train_seconds", 0.0) for r in found))
+
+    variants = list(params.variants)
+    return [part("study", [paths.result_dir(v, s, None, results_dir) for v in variants for s in params.seeds]),
+            part("grid", [paths.result_dir(v, s, r, results_dir) for v in variants for s in params.lr_grid.seeds
+                          for r in params.lr_grid.learning_rates]),
+            part("confirmation", [paths.result_dir(v, s, labels.TUNED, results_dir) for v in variants
+                                  for s in params.confirm.seeds])]
+
+
+def budget_line(tuned: Tuned, params: Params) -> str:
+    """One sentence: how many trainings of which kind this answer rests on, and their training time."""
+    parts = {p.name: p for p in tuned.budget}
+    grid = params.lr_grid
+    epochs = grid.epochs or params.train.epochs
+    text = []
+    for p in tuned.budget:
+        what = {"study": f"the study ({len(params.variants)} variants × seeds {', '.join(map(str, params.seeds))}, "
+                         f"rate {params.train.learning_rate:g})",
+                "grid": f"the grid ({len(params.variants)} variants × {len(grid.learning_rates)} rates "
+                        f"{', '.join(f'{r:g}' for r in grid.learning_rates)} × seed"
+                        f"{'s' if len(grid.seeds) > 1 else ''} {', '.join(map(str, grid.seeds))}, {epochs} epochs"
+                        + (f"; {p.diverged} stopped early, diverged" if p.diverged else "") + ")",
+                "confirmation": f"the confirmations ({len(params.variants)} variants × seeds "
+                                f"{', '.join(map(str, params.confirm.seeds))})"}[p.name]
+        text.append(f"{p.trainings} trainings of {what}, {p.fit_seconds / 60:.0f} min of `model.fit`")
+    total = sum(p.fit_seconds for p in parts.values())
+    return (f"**Budget:** {'; '.join(text)}: {sum(p.trainings for p in parts.values())} trainings, "
+            f"{total / 3600:.1f} h of training time in all on the machine that ran them (the sum over trainings, "
+            f"not wall time: trainings may run side by side).")
 
 
 def read_choices(variants: list[str], results_dir: Path) -> tuple[dict, dict]:
@@ -55,7 +102,7 @@ def section(params: Params, results_dir: Path, uri: str, figures_dir: Path) -> T
     rates, edges = read_choices(list(params.variants), results_dir)
     confirmed = [v for v in params.variants if rates[v] is not None]
     if not confirmed:
-        return Tuned(rates, edges, pd.DataFrame(), pd.DataFrame(), [], None, seeds)
+        return Tuned(rates, edges, pd.DataFrame(), pd.DataFrame(), [], None, seeds, budget(params, results_dir))
     records = read_records(confirmed, seeds, results_dir, [labels.TUNED])
     runs = {key[:2]: run for key, run in fetch_runs(records, uri).items()}
     specs = {v: params.variant(v) for v in confirmed}
@@ -63,7 +110,7 @@ def section(params: Params, results_dir: Path, uri: str, figures_dir: Path) -> T
     tests = significance.comparisons(runs, confirmed, seeds, params.compare)
     judged = conclusions.judge_runs(runs, tests, params)
     curves = convergence.section(runs, params, figures_dir, FIGURE)
-    return Tuned(rates, edges, table, tests, judged, curves, seeds)
+    return Tuned(rates, edges, table, tests, judged, curves, seeds, budget(params, results_dir))
 
 
 def accuracy_markdown(tuned: Tuned, study: pd.DataFrame, study_rate: float, study_seeds: list[int]) -> str:

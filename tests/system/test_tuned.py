@@ -71,6 +71,14 @@ def test_dvc_runs_grid_choice_and_confirmation_and_reruns_only_the_confirmations
         "at the notebook's setting" in section
     for variant, rate in rates.items():
         assert f"| {variant} " in section and f"{rate:g}" in section
+    # its budget: every training it rests on, counted from the records
+    n_study = 2 * len(params["seeds"])
+    epochs = params["train"]["epochs"]
+    assert (f"**Budget:** {n_study} trainings of the study (2 variants × seeds "
+            f"{', '.join(map(str, params['seeds']))}, rate {params['train']['learning_rate']:g})") in section
+    assert f"4 trainings of the grid (2 variants × 2 rates 0.05, 0.2 × seed 0, {epochs} epochs" in section
+    assert f"2 trainings of the confirmations (2 variants × seeds 5)" in section
+    assert f": {n_study + 6} trainings, " in section
     assert (project / "reports" / "figures" / "convergence_tuned.png").stat().st_size > 1000
     tuned_tests = (project / "reports" / "tuned_significance.csv").read_text().splitlines()
     assert len(tuned_tests) >= 2 and "bn_all" in tuned_tests[1]
