@@ -63,15 +63,30 @@ def stale_trainings(params: Params, root: Path = paths.ROOT, confirmations: bool
     return [t for t in all_trainings(params, confirmations) if labels.stage_name(*t) in status]
 
 
+def stage_env() -> dict[str, str]:
+    """The environment for a ``dvc repro`` the sweep runs itself: dvc.yaml's commands call ``python``, which
+    must be this interpreter (with the project's packages), whichever way the sweep was started."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def repro_failure(command: str, proc: subprocess.CompletedProcess) -> UserError:
+    """One error for a failed ``dvc repro``: DVC's own error line and the stage's last words before it."""
+    lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    error = next((ln for ln in lines if ln.lower().startswith("error")), f"exit {proc.returncode}")
+    said = [ln for ln in lines if not ln.lower().startswith("error")][-1:]
+    return UserError(f"`dvc repro {command}` failed: {error}" + (f" (last output: {said[0]})" if said else ""))
+
+
 def choose_rates(params: Params, root: Path = paths.ROOT) -> dict[str, dict]:
     """Every variant's ``choose@`` stage in one ``dvc repro`` (those stages only, nothing upstream), and
     each variant's choice."""
     stages = [f"choose@{variant}" for variant in params.variants]
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", *stages],
-                          cwd=root, capture_output=True, text=True, check=False)
+                          cwd=root, capture_output=True, text=True, check=False, env=stage_env())
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip().startswith("error")]
-        raise UserError(f"`dvc repro {' '.join(stages)}` failed: {lines[0] if lines else proc.returncode}")
+        raise repro_failure(" ".join(stages), proc)
     return {variant: json.loads(paths.chosen_file(variant, root / "results").read_text())
             for variant in params.variants}
 
@@ -79,10 +94,9 @@ def choose_rates(params: Params, root: Path = paths.ROOT) -> dict[str, dict]:
 def repro_prerequisites(root: Path = paths.ROOT) -> None:
     """Download and normalize (as ``dvc repro`` would) on this machine, before any training."""
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", PREREQUISITE], cwd=root,
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, env=stage_env())
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        raise UserError(f"`dvc repro {PREREQUISITE}` failed: {lines[-1] if lines else proc.returncode}")
+        raise repro_failure(PREREQUISITE, proc)
 
 
 def training_code(root: Path = paths.ROOT) -> list[str]:
