@@ -141,6 +141,7 @@ def _tuned_context(data: ReportData) -> dict:
         return {"tuned": None}
     tests = found.significance
     return {"tuned": found, "tuned_seeds": found.seeds, "tuned_budget": tuned.budget_line(found, data.params),
+            "tuned_failed": tuned.failure_line(found, data.params),
             "tuned_accuracy_table": tuned.accuracy_markdown(found, data.table, data.params.train.learning_rate,
                                                             data.params.seeds),
             "tuned_conclusions_table": tuned.conclusions_markdown(data.conclusions, found),

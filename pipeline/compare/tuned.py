@@ -37,6 +37,57 @@ class Tuned:
     convergence: object | None     # pipeline.compare.convergence.Convergence (figure FIGURE)
     seeds: list[int]
     budget: list = ()              # Part per part of the answer: study, grid, confirmations
+    failed: list = ()              # Failed: confirmations that diverged or collapsed at their tuned rate
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A confirmation that diverged, or collapsed (test accuracy below ``COLLAPSED_BELOW``), at its tuned rate."""
+    variant: str
+    seed: int
+    rate: float
+    test_accuracy: float
+    diverged: bool
+
+
+def failures(params: Params, results_dir: Path, rates: dict) -> list[Failed]:
+    """The confirmations that failed: a rate the grid chose on its seeds need not be stable on fresh ones."""
+    from pipeline.compare.choice import COLLAPSED_BELOW
+
+    found = []
+    for variant in params.variants:
+        for seed in params.confirm.seeds:
+            path = paths.result_dir(variant, seed, labels.TUNED, results_dir) / "record.json"
+            if rates.get(variant) is None or not path.exists():
+                continue
+            record = json.loads(path.read_text())
+            diverged = "diverged_at_step" in record
+            if diverged or record["test_accuracy"] < COLLAPSED_BELOW:
+                found.append(Failed(variant, seed, rates[variant], record["test_accuracy"], diverged))
+    return found
+
+
+def failure_line(tuned: Tuned, params: Params) -> str:
+    """One paragraph naming the failed confirmations per variant, and what that says about the choice."""
+    from pipeline.compare.choice import COLLAPSED_BELOW
+
+    if not tuned.failed:
+        return ""
+    per_variant: dict[str, list[Failed]] = {}
+    for f in tuned.failed:
+        per_variant.setdefault(f.variant, []).append(f)
+    parts = []
+    for variant, failed in per_variant.items():
+        how = "; ".join(f"seed {f.seed}: {'diverged' if f.diverged else 'collapsed'}, test accuracy "
+                        f"{f.test_accuracy:.4f}" for f in failed)
+        parts.append(f"`{variant}` at {failed[0].rate:g}, {len(failed)} of {len(params.confirm.seeds)} seeds ({how})")
+    seeds = params.lr_grid.seeds
+    return (f"**Failed at the tuned rate:** {'; '.join(parts)}. A training collapsed when its loss stayed finite but its "
+            f"test accuracy ended below {COLLAPSED_BELOW:g}, near a uniform guess's 0.1. The grid chose that rate on "
+            f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}, where it trained; on fresh seeds "
+            f"it is not reliably stable, so the rate is too close to where the variant stops learning. These "
+            f"trainings stay in every number below (dropping them would choose on the test results); a grid with "
+            f"more seeds (`lr_grid.seeds`) lets the choice see the instability and pass that rate over.")
 
 
 @dataclass(frozen=True)
@@ -102,7 +153,8 @@ def section(params: Params, results_dir: Path, uri: str, figures_dir: Path) -> T
     rates, edges = read_choices(list(params.variants), results_dir)
     confirmed = [v for v in params.variants if rates[v] is not None]
     if not confirmed:
-        return Tuned(rates, edges, pd.DataFrame(), pd.DataFrame(), [], None, seeds, budget(params, results_dir))
+        return Tuned(rates, edges, pd.DataFrame(), pd.DataFrame(), [], None, seeds, budget(params, results_dir),
+                     failures(params, results_dir, rates))
     records = read_records(confirmed, seeds, results_dir, [labels.TUNED])
     runs = {key[:2]: run for key, run in fetch_runs(records, uri).items()}
     specs = {v: params.variant(v) for v in confirmed}
@@ -110,7 +162,8 @@ def section(params: Params, results_dir: Path, uri: str, figures_dir: Path) -> T
     tests = significance.comparisons(runs, confirmed, seeds, params.compare)
     judged = conclusions.judge_runs(runs, tests, params)
     curves = convergence.section(runs, params, figures_dir, FIGURE)
-    return Tuned(rates, edges, table, tests, judged, curves, seeds, budget(params, results_dir))
+    return Tuned(rates, edges, table, tests, judged, curves, seeds, budget(params, results_dir),
+                 failures(params, results_dir, rates))
 
 
 def accuracy_markdown(tuned: Tuned, study: pd.DataFrame, study_rate: float, study_seeds: list[int]) -> str:
@@ -151,4 +204,6 @@ def metrics(tuned: Tuned) -> dict:
         out["test_accuracy"] = {r.variant: round(r.test_accuracy_mean, 6) for r in tuned.table.itertuples()}
     if tuned.conclusions:
         out["conclusions"] = conclusions.metrics(tuned.conclusions)
+    out["failed"] = [{"variant": f.variant, "seed": f.seed, "learning_rate": f.rate,
+                      "test_accuracy": round(f.test_accuracy, 6), "diverged": f.diverged} for f in tuned.failed]
     return {"tuned": out}
