@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from pipeline.compare import tuned
@@ -40,7 +41,7 @@ def test_collapsed_and_diverged_confirmations_are_named_and_the_rest_are_not(tmp
     failed = tuned.failures(params, results, rates)
     assert [(f.variant, f.seed, f.diverged) for f in failed] == [("plain", 10, False), ("plain", 12, False),
                                                                  ("dropout", 10, True)]
-    found = tuned.Tuned(rates, {}, None, None, [], None, [10, 11, 12], tuned.budget(params, results), failed)
+    found = tuned.Tuned(rates, {}, pd.DataFrame(), pd.DataFrame(), [], None, [10, 11, 12], tuned.budget(params, results), failed)
     line = tuned.failure_line(found, params)
     assert line.startswith("**Failed at the tuned rate:** `plain` at 0.3, 2 of 3 seeds (seed 10: collapsed, test "
                            "accuracy 0.1010; seed 12: collapsed, test accuracy 0.1009); `dropout` at 0.3, 1 of 3 "
@@ -49,5 +50,5 @@ def test_collapsed_and_diverged_confirmations_are_named_and_the_rest_are_not(tmp
     assert tuned.metrics(found)["tuned"]["failed"][2] == {"variant": "dropout", "seed": 10, "learning_rate": 0.3,
                                                           "test_accuracy": 0.098, "diverged": True}
     assert [(p.name, p.trainings) for p in found.budget] == [("study", 0), ("grid", 0), ("confirmation", 5)]
-    healthy = tuned.Tuned(rates, {}, None, None, [], None, [10, 11, 12], (), [])
+    healthy = tuned.Tuned(rates, {}, pd.DataFrame(), pd.DataFrame(), [], None, [10, 11, 12], (), [])
     assert tuned.failure_line(healthy, params) == ""
