@@ -26,6 +26,11 @@ Out: ``reports/benchmark.json`` and ``reports/benchmark.md`` (``--out-dir`` else
   model, each with a determinism check (all repetitions share the seed, so their final
   weights must hash the same).
 
+``python -m benchmarks.fixed_cost`` (its own command, ``fixed_cost.json``/``.md``) measures the fixed cost
+per training: the stage's own command timed from process start to exit, split into start-up, ``fit``,
+the finish after the last step and the exit, side by side with the project at another commit
+(``--before REF``) and a bare Keras process.
+
 Usage: ``make bench`` (= ``python -m benchmarks``: dvc timing, 3 repetitions, ~30 min);
 ``--quick`` (fixture subset, a few batches, 1 repetition: checks the code, not the speed);
 ``--candidates baseline spe=5 threads=2x1`` adds speed-ups to try; on a shared machine add
@@ -36,6 +41,6 @@ Modules, one concern each: ``cli`` (command line, orchestration), ``plan`` (what
 measure), ``candidates`` (speed-ups), ``workers`` (what runs inside one measurement
 subprocess), ``launch`` (starting them, re-running disturbed runs), ``quiet`` (others' CPU),
 ``stages`` (dvc repro timing and RSS sampling), ``throughput`` (the training runs),
-``flops`` (FLOPs per image), ``machine`` (versions, git), ``spread`` and ``summary`` (the
+``flops`` (FLOPs per image), ``machine`` (versions, git), ``fixed_cost`` (one training's fixed cost), ``spread`` and ``summary`` (the
 JSON), ``report`` with ``report.md.j2`` (the Markdown).
 """

@@ -218,3 +218,44 @@ def test_render_of_a_missing_file_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--render", str(tmp_path / "nope.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--render: cannot read" in proc.stderr and "nope.json" in proc.stderr
+
+
+def test_fixed_cost_phases_split_the_wall_time():
+    import re
+
+    from benchmarks.fixed_cost import phases
+
+    lines = [(10.5, "loading"), (14.0, "training plain-s0: …; run abc"), (30.0, "done plain-s0: test loss 0.1")]
+    p = phases(lines, launched=10.0, exited=31.5, fit_seconds=12.0)
+    assert p == pytest.approx({"start": 4.0, "fit": 12.0, "finish": 4.0, "exit": 1.5, "wall": 21.5, "fixed": 9.5})
+    assert p["start"] + p["fit"] + p["finish"] + p["exit"] == pytest.approx(p["wall"])
+    with pytest.raises(RuntimeError, match="printed no done line"):
+        phases(lines[:2], 10.0, 31.5, 12.0)
+    bare = [(1.0, "bare: fit starts"), (3.0, "bare: done")]
+    assert phases(bare, 0.0, 3.5, 1.5, re.compile("bare: fit starts"), re.compile("bare: done"))["fixed"] == \
+        pytest.approx(2.0)
+
+
+def test_quick_fixed_cost_times_the_stage_command_before_and_after(tmp_path, prepared_fixture):
+    """The real training command in project copies (this tree and HEAD) and a bare Keras process."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.fixed_cost", "--quick", "--before", "HEAD",
+                           "--prepared", str(prepared_fixture), "--out-dir", str(out)],
+                          cwd=ROOT, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((out / "fixed_cost.json").read_text())
+    assert set(r["summary"]) == {"pipeline (this tree)", "pipeline at HEAD", "bare Keras"}
+    assert r["variant"] == "bn_dropout" and r["reps"] == 1 and r["train_images"] == "512"
+    for name, runs in r["runs"].items():
+        (run,) = runs
+        assert all(run[phase] > 0 for phase in ("start", "fit", "finish", "exit")), (name, run)
+        assert run["start"] + run["fit"] + run["finish"] + run["exit"] == pytest.approx(run["wall"])
+        assert run["fixed"] == pytest.approx(run["wall"] - run["fit"])
+    md = (out / "fixed_cost.md").read_text()
+    assert "| pipeline at HEAD |" in md and "Before → after:" in md and "beyond bare Keras's" in md
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.fixed_cost", "--quick", "--before", "no-such-commit",
+                          "--out-dir", str(out / "bad")], cwd=ROOT, env=subprocess_env(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --before no-such-commit: not a commit of this repository; give a commit id, tag or branch"]
+    assert not (out / "bad").exists()
