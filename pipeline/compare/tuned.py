@@ -86,7 +86,7 @@ def failure_line(tuned: Tuned, params: Params) -> str:
             f"test accuracy ended below {COLLAPSED_BELOW:g}, near a uniform guess's 0.1. The grid chose that rate on "
             f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}, where it trained; on fresh seeds "
             f"it is not reliably stable, so the rate is too close to where the variant stops learning. These "
-            f"trainings stay in every number below (dropping them would choose on the test results); a grid with "
+            f"trainings stay in every number of this section (leaving them out would choose on the test results); a grid with "
             f"more seeds (`lr_grid.seeds`) lets the choice see the instability and pass that rate over.")
 
 
