@@ -82,12 +82,13 @@ def failure_line(tuned: Tuned, params: Params) -> str:
                         f"{f.test_accuracy:.4f}" for f in failed)
         parts.append(f"`{variant}` at {failed[0].rate:g}, {len(failed)} of {len(params.confirm.seeds)} seeds ({how})")
     seeds = params.lr_grid.seeds
-    return (f"**Failed at the tuned rate:** {'; '.join(parts)}. A training collapsed when its loss stayed finite but its "
-            f"test accuracy ended below {COLLAPSED_BELOW:g}, near a uniform guess's 0.1. The grid chose that rate on "
-            f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}, where it trained; on fresh seeds "
-            f"it is not reliably stable, so the rate is too close to where the variant stops learning. These "
-            f"trainings stay in every number of this section (leaving them out would choose on the test results); a grid with "
-            f"more seeds (`lr_grid.seeds`) lets the choice see the instability and pass that rate over.")
+    grid_seeds = f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}"
+    return (f"**Failed at the tuned rate:** {'; '.join(parts)}. A training collapsed when its loss stayed finite "
+            f"but its test accuracy ended below {COLLAPSED_BELOW:g}, near a uniform guess's 0.1. The grid chose "
+            f"that rate on {grid_seeds}, where it trained; on fresh seeds it is not reliably stable, so the rate is "
+            "too close to where the variant stops learning. These trainings stay in every number of this section "
+            "(leaving them out would choose on the test results); a grid with more seeds (`lr_grid.seeds`) lets "
+            "the choice see the instability and pass that rate over.")
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,8 @@ def accuracy_markdown(tuned: Tuned, study: pd.DataFrame, study_rate: float, stud
                 f" (the grid's {edge}: extend the grid)" if edge else ""),
             f"test acc. at the tuned rate (seeds {', '.join(map(str, tuned.seeds))})": "–" if there is None
             else plus_minus(there.test_accuracy_mean, there.test_accuracy_std, there.n_seeds),
-            "change (pp)": "–" if there is None else f"{100 * (there.test_accuracy_mean - r.test_accuracy_mean):+.2f}",
+            "change (pp)": "–" if there is None
+            else f"{100 * (there.test_accuracy_mean - r.test_accuracy_mean):+.2f}",
         })
     frame = pd.DataFrame(rows)
     return markdown_table(frame, right=set(frame.columns) - {"variant", "tuned rate"})
