@@ -170,8 +170,10 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         extra = {phase: summary[name][phase]["median"] - summary["bare Keras"][phase]["median"]
                  for phase in ("start", "finish", "exit")}
+        ratio = summary["bare Keras"]["fit"]["median"] / summary[name]["fit"]["median"]
         out.append(f"- {name}: fixed cost {seconds:.2f} s, {seconds - bare:+.2f} s beyond bare Keras's "
-                   + ", ".join(f"{phase} {value:+.2f} s" for phase, value in extra.items()) + ".")
+                   + ", ".join(f"{phase} {value:+.2f} s" for phase, value in extra.items())
+                   + f"; throughput {ratio:.2f}× bare Keras's (its median fit time over this one's).")
     now = "pipeline (this tree)"
     for name in fixed:
         if name.startswith("pipeline at "):
@@ -221,6 +223,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "(checks the code, not the cost)")
     p.add_argument("--prepared", type=Path, default=paths.PREPARED)
     p.add_argument("--out-dir", type=Path, default=paths.REPORTS)
+    p.add_argument("--render", type=Path, metavar="JSON", help="only rewrite the Markdown next to an existing "
+                   "fixed_cost.json")
     args = p.parse_args(argv)
     args.train_limit, args.test_limit = (512, 256) if args.quick else (None, None)
     return args
@@ -233,14 +237,20 @@ def measure(argv: list[str]) -> dict[str, Any]:
     from pipeline.core.errors import UserError
 
     args = parse_args(argv)
+    if args.render:
+        if not args.render.is_file():
+            raise UserError(f"--render {args.render}: no such file; give the fixed_cost.json a run wrote")
+        result = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown(result))
+        return result
     reps = 1 if args.quick else args.reps
     if reps < 1:
         raise UserError("--reps must be >= 1")
-    if not (args.prepared / "x_train.npy").is_file():
-        raise UserError(f"no prepared arrays in {args.prepared}; run `dvc repro normalize` first or pass --prepared")
     if args.before and subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.before}^{{commit}}"],
                                       cwd=paths.ROOT, capture_output=True).returncode != 0:
         raise UserError(f"--before {args.before}: not a commit of this repository; give a commit id, tag or branch")
+    if not (args.prepared / "x_train.npy").is_file():
+        raise UserError(f"no prepared arrays in {args.prepared}; run `dvc repro normalize` first or pass --prepared")
     work = Path(tempfile.mkdtemp(prefix="lenet-fixed-cost-"))
     try:
         subjects = [Subject("pipeline (this tree)", project_at(None, work / "now", args.prepared))]

@@ -253,9 +253,19 @@ def test_quick_fixed_cost_times_the_stage_command_before_and_after(tmp_path, pre
         assert run["fixed"] == pytest.approx(run["wall"] - run["fit"])
     md = (out / "fixed_cost.md").read_text()
     assert "| pipeline at HEAD |" in md and "Before → after:" in md and "beyond bare Keras's" in md
+    assert md.count("× bare Keras's (its median fit time over this one's)") == 2
+    (out / "fixed_cost.md").unlink()
+    rendered = subprocess.run([sys.executable, "-m", "benchmarks.fixed_cost", "--render", str(out / "fixed_cost.json")],
+                              cwd=ROOT, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert rendered.returncode == 0 and (out / "fixed_cost.md").read_text() == md
     bad = subprocess.run([sys.executable, "-m", "benchmarks.fixed_cost", "--quick", "--before", "no-such-commit",
                           "--out-dir", str(out / "bad")], cwd=ROOT, env=subprocess_env(tmp_path),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: --before no-such-commit: not a commit of this repository; give a commit id, tag or branch"]
     assert not (out / "bad").exists()
+    no_data = subprocess.run([sys.executable, "-m", "benchmarks.fixed_cost", "--quick", "--prepared",
+                              str(tmp_path / "none"), "--out-dir", str(out / "bad")], cwd=ROOT,
+                             env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert no_data.returncode == 2 and no_data.stderr.strip().splitlines() == [
+        f"error: no prepared arrays in {tmp_path / 'none'}; run `dvc repro normalize` first or pass --prepared"]
