@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import statistics
@@ -111,24 +110,17 @@ class Subject:
 
 
 def project_at(ref: str | None, folder: Path, prepared: Path) -> Path:
-    """A copy of the project (the working tree's tracked and untracked files, or ``ref``'s) sharing ``prepared``."""
+    """A copy of the project (the working tree's tracked files, as ``testbed.project_copy`` makes it, or
+    ``ref``'s) sharing ``prepared``."""
+    from benchmarks.plan import load_params
     from pipeline.core import paths
-    from pipeline.core.errors import UserError
+    from testbed import project_copy
 
-    folder.mkdir(parents=True)
     if ref is None:
-        files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                               cwd=paths.ROOT, capture_output=True, check=True).stdout.split(b"\0")
-        for name in filter(None, (f.decode() for f in files)):
-            source = paths.ROOT / name
-            if source.is_file():
-                (folder / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, folder / name)
+        project_copy(folder, load_params())
     else:
-        archive = subprocess.run(["git", "archive", ref], cwd=paths.ROOT, capture_output=True)
-        if archive.returncode != 0:
-            raise UserError(f"--before {ref}: not a commit of this repository "
-                            f"({archive.stderr.decode().strip().splitlines()[0]}); give a commit id, tag or branch")
+        folder.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", ref], cwd=paths.ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
     (folder / "data").mkdir(exist_ok=True)
     (folder / "data" / "prepared").symlink_to(prepared.resolve())
@@ -185,29 +177,27 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def bare_main(variant: str, epochs: str, prepared: str, train_limit: str = "", test_limit: str = "") -> None:
-    """The bare Keras process: the notebook's way on the same model and arrays, with its phases printed."""
+    """The bare Keras process: the benchmark's bare script (``benchmarks.workers.train_bare``: the notebook's
+    way on the same model and arrays), with its phases printed."""
     print("bare: importing", flush=True)
+    from types import SimpleNamespace
+
     import keras
-    import numpy as np
 
+    from benchmarks.workers import train_bare
     from pipeline.core.params import Params
-    from pipeline.train.model import build_lenet
 
-    params = Params.load()
-    folder = Path(prepared)
-    n_train = int(train_limit) if train_limit else None
-    n_test = int(test_limit) if test_limit else None
-    x_train, y_train = np.load(folder / "x_train.npy")[:n_train], np.load(folder / "y_train.npy")[:n_train]
-    x_test, y_test = np.load(folder / "x_test.npy")[:n_test], np.load(folder / "y_test.npy")[:n_test]
-    keras.utils.set_random_seed(0)
-    model = build_lenet(params.variant(variant))
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=params.train.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    print(BARE_FIT_START, flush=True)
-    start = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=params.train.batch_size, epochs=int(epochs), verbose=0)
-    print(f"{BARE_FIT_END} {time.perf_counter() - start:.4f} s", flush=True)
-    model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
+    class Phases(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.begin = time.perf_counter()
+            print(BARE_FIT_START, flush=True)
+
+        def on_train_end(self, logs=None):
+            print(f"{BARE_FIT_END} {time.perf_counter() - self.begin:.4f} s", flush=True)
+
+    params = Params.load().with_train({"epochs": int(epochs), "train_limit": int(train_limit) if train_limit else None,
+                                       "test_limit": int(test_limit) if test_limit else None})
+    train_bare({"variant": variant, "seed": 0, "prepared": prepared}, params, SimpleNamespace(callback=Phases()))
     print(BARE_DONE, flush=True)
 
 
